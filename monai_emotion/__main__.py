@@ -1,0 +1,4 @@
+from monai_emotion.cli import main
+
+if __name__ == "__main__":
+    main()

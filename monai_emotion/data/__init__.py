@@ -1,0 +1,1 @@
+"""Data discovery, labels, synthetic data, preprocessing cache and datasets."""
