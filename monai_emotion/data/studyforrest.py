@@ -164,7 +164,9 @@ class Discovery:
 def _expected_data_bytes(img: nib.Nifti1Image) -> int:
     header = img.header
     n_voxels = int(np.prod(header.get_data_shape()))
-    return int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+    # the proxy's offset, not the header field: vox_offset may be 0 in files with extensions
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    return offset + n_voxels * header.get_data_dtype().itemsize
 
 
 def _check_file_complete(path: Path, img: nib.Nifti1Image) -> None:
