@@ -1,3 +1,18 @@
 """monai-emotion: naturalistic emotion decoding from whole-brain 7T fMRI with MONAI."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_SUBMODULES = {"data", "errors", "experiment", "handlers", "networks", "transforms", "study"}
+
+
+def __getattr__(name: str) -> Any:
+    # lazy submodules: bundle configs can write `$import monai_emotion` then
+    # `monai_emotion.networks.X` without importing torch-heavy modules up front
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
