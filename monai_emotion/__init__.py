@@ -7,7 +7,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"data", "errors", "experiment", "handlers", "networks", "transforms", "study"}
+_SUBMODULES = {
+    "data", "errors", "experiment", "handlers", "inference", "metrics", "networks", "study",
+    "transforms", "writers",
+}
 
 
 def __getattr__(name: str) -> Any:

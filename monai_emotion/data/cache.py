@@ -310,6 +310,7 @@ def prepare_cache(
     confounds: str | None = None,
     nonfinite: str = "error",
     shard: tuple[int, int] | None = None,
+    expected_volumes: Sequence[int] | None = None,
     wait: bool = True,
     wait_timeout: float = 24 * 3600.0,
     progress: bool = True,
@@ -350,6 +351,8 @@ def prepare_cache(
         absent the run is cached without it and the sidecar and summary say so).
     nonfinite
         ``"error"`` (NaN/Inf raise :class:`ImageError` naming file and volume) or ``"zero"``.
+    expected_volumes
+        Volumes per run for discovery's checks (default: the studyforrest counts).
     shard
         ``(rank, world_size)``: build only this rank's runs, then (``wait``) poll until the
         other ranks' runs are complete, up to ``wait_timeout`` seconds.
@@ -383,12 +386,12 @@ def prepare_cache(
     downsample_factors(downsample, target_voxel_mm, (1.0, 1.0, 1.0))  # validate early
 
     subject_list = [normalize_subject(s) for s in subjects] if subjects is not None else None
-    discovery = discover_runs(bids_root, space, subject_list)
+    lengths = {"expected_volumes": expected_volumes} if expected_volumes is not None else {}
+    discovery = discover_runs(bids_root, space, subject_list, **lengths)
     discovery_all = discovery
     if mask is None and mask_strategy == "group" and subject_list is not None:
-        discovery_all = discover_runs(
-            bids_root, space
-        )  # the group grid must not depend on the selection
+        # the group grid must not depend on the selection
+        discovery_all = discover_runs(bids_root, space, **lengths)
     run_set = {int(r) for r in runs} if runs is not None else None
     selected = [r for r in discovery.runs if run_set is None or r.run in run_set]
     if not selected:

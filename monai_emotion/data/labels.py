@@ -32,6 +32,7 @@ __all__ = [
     "label_volumes",
     "derive_labels",
     "class_by_run_table",
+    "circular_shift_labels",
     "write_label_tables",
     "read_label_tables",
 ]
@@ -209,6 +210,28 @@ def derive_labels(
     )
     table.attrs["observer_files"] = sorted(episodes)
     return table
+
+
+def circular_shift_labels(labels: pd.DataFrame, seed: int, min_shift: int = 10) -> pd.DataFrame:
+    """A chance-level relabelling that keeps the labels' autocorrelation.
+
+    Within each run the whole per-volume label sequence (NONE and TIE included, with its
+    votes and soft labels) is rotated by a random offset of at least ``min_shift`` volumes
+    from either end, so episodes keep their lengths but no longer line up with the BOLD.
+    """
+    rng = np.random.default_rng(seed)
+    shifted = []
+    label_columns = [c for c in labels.columns if c not in ("run", "volume", "movie_time", "label_time")]
+    for _, frame in labels.groupby("run", sort=True):
+        n = len(frame)
+        low, high = min(min_shift, n // 2), max(n - min_shift, n // 2 + 1)
+        offset = int(rng.integers(low, high)) if n > 1 else 0
+        frame = frame.copy()
+        frame[label_columns] = np.roll(frame[label_columns].to_numpy(), offset, axis=0)
+        shifted.append(frame)
+    out = pd.concat(shifted, ignore_index=True)
+    out.attrs.update(labels.attrs, permutation_seed=seed)
+    return out
 
 
 def class_by_run_table(labels: pd.DataFrame) -> pd.DataFrame:
