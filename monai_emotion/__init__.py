@@ -5,10 +5,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from monai_emotion.errors import install_excepthook
+
 __version__ = "0.1.0"
 
+# bundle runs reach our code only through `$import monai_emotion`: from then on an uncaught
+# MonaiEmotionError (even wrapped by MONAI) prints its one or two lines, not a traceback
+install_excepthook()
+
 _SUBMODULES = {
-    "data", "errors", "experiment", "handlers", "inference", "metrics", "networks", "study",
+    "checkpoints", "data", "errors", "experiment", "handlers", "inference", "metrics", "networks", "study",
     "transforms", "writers",
 }
 

@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import fire
 
-from monai_emotion.errors import MonaiEmotionError
+from monai_emotion.errors import DEBUG_ENV, format_user_error
 
 
 def labels(
@@ -88,6 +89,77 @@ def datalist(
     print(f"{len(data['items'])} items {data['counts']} -> {out}")
 
 
+def make_synthetic(
+    out: str,
+    subjects: int | str | list = 4,
+    scale: int = 1,
+    volumes_per_run: int | None = None,
+    runs: str | list | None = None,
+    null: bool = False,
+    annotations: str | None = None,
+    observers: str = "av",
+    seed: int = 0,
+    space: str = "nonlinear",
+    overwrite: bool = False,
+) -> None:
+    """Write a synthetic studyforrest-shaped BIDS dataset with a planted emotion signal.
+
+    Parameters
+    ----------
+    out: new folder for the dataset (BIDS tree + annotations/raw + ground_truth/)
+    subjects: a count, or labels ("01,02")
+    scale: integer downscale of the real 132 x 175 x 48 grid at 1.2 mm (1 = full size)
+    volumes_per_run: cap every run at this many volumes (default: the real 451 ... 338)
+    runs: subset of runs 1-8
+    null: plant no emotion signal (for chance-level checks)
+    annotations: take the emotion timeline from real observer files in this folder
+    observers: simulated observer set, "av" (9) or "ao" (3)
+    """
+    from monai_emotion.data.synthetic import make_synthetic as generate
+
+    count_or_labels = subjects if isinstance(subjects, int) else _as_list(subjects)
+    start = time.perf_counter()
+    summary = generate(out, subjects=count_or_labels, scale=scale, volumes_per_run=volumes_per_run,
+                       runs=_as_list(runs), null=null, annotations_dir=annotations,
+                       observers=observers, seed=seed, space=space, overwrite=overwrite)
+    print(f"synthetic dataset in {out} ({time.perf_counter() - start:.1f} s)")
+    for subject, score in (summary.get("oracle") or {}).items():
+        print(f"  sub-{subject}: oracle balanced accuracy {score:.3f} (chance 0.2)")
+
+
+def prepare(
+    bids: str,
+    out: str,
+    space: str = "nonlinear",
+    subjects: str | list | None = None,
+    runs: str | list | None = None,
+    downsample: int = 1,
+    mask: str | None = None,
+    mask_strategy: str = "subject",
+    high_pass: float | None = None,
+    confounds: str | None = None,
+) -> None:
+    """Preprocess runs into the float16 frame cache (mask, crop, downsample, detrend, z-score).
+
+    Parameters
+    ----------
+    bids: BIDS root of ds000113 (never written to)
+    out: cache folder (reused when the parameters and sources are unchanged)
+    space: raw, dico, nonlinear, linear, or a glob
+    subjects, runs: restrict to these
+    downsample: integer block-average factor
+    mask: a mask NIfTI on the runs' grid (default: computed from the data)
+    mask_strategy: "subject" (one grid per subject) or "group" (one grid for all subjects)
+    high_pass: cut-off in Hz for cosine drift regressors
+    confounds: "motion" to regress motion parameters when the files exist
+    """
+    from monai_emotion.data.cache import prepare_cache
+
+    prepare_cache(bids, out, space=space, subjects=_as_list(subjects), runs=_as_list(runs),
+                  downsample=downsample, mask=mask, mask_strategy=mask_strategy,
+                  high_pass=high_pass, confounds=confounds, progress=True)
+
+
 def _as_list(value: str | list | tuple | None) -> list | None:
     if value is None:
         return None
@@ -99,19 +171,13 @@ def _as_list(value: str | list | tuple | None) -> list | None:
 
 
 def _commands() -> dict[str, Callable]:
-    commands: dict[str, Callable] = {"labels": labels, "discover": discover, "datalist": datalist}
-    try:
-        from monai_emotion.data.synthetic import make_synthetic_cli
-
-        commands["make-synthetic"] = make_synthetic_cli
-    except ImportError:
-        pass
-    try:
-        from monai_emotion.data.cache import prepare_cli
-
-        commands["prepare"] = prepare_cli
-    except ImportError:
-        pass
+    commands: dict[str, Callable] = {
+        "labels": labels,
+        "discover": discover,
+        "datalist": datalist,
+        "make-synthetic": make_synthetic,
+        "prepare": prepare,
+    }
     try:
         from monai_emotion.study.runner import study_cli
 
@@ -122,22 +188,29 @@ def _commands() -> dict[str, Callable]:
 
 
 def run_with_clean_errors(entry: Callable[[], object], argv: list[str] | None = None) -> None:
-    """Run ``entry``; print package errors as one or two lines unless ``--debug`` is given."""
+    """Run ``entry``; print package errors as one or two lines unless ``--debug`` is given.
+
+    Errors wrapped by other layers (MONAI's ``RuntimeError``, a DataLoader worker's
+    re-raise) are found in the exception chain and printed the same way.
+    """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
         sys.argv[1:] = args
+        # the excepthook installed on import would otherwise shorten the re-raised error
+        os.environ[DEBUG_ENV] = "1"
     try:
         entry()
-    except MonaiEmotionError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        message = None if debug else format_user_error(exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_emotion import __version__
+from monai_emotion.data.cache_io import atomic_write_text
 from monai_emotion.data.datalist import class_counts, make_datalist
 from monai_emotion.data.labels import circular_shift_labels, derive_labels
 from monai_emotion.data.splits import (
@@ -26,8 +27,14 @@ from monai_emotion.data.splits import (
     split_by_runs,
     split_by_subjects,
 )
-from monai_emotion.data.studyforrest import discover_runs
-from monai_emotion.errors import ConfigError, LayoutError
+from monai_emotion.data.studyforrest import (
+    SPACES,
+    Discovery,
+    bold_path,
+    discover_runs,
+    normalize_subject,
+)
+from monai_emotion.errors import ConfigError, LayoutError, MonaiEmotionError
 
 __all__ = [
     "DEMO",
@@ -42,12 +49,15 @@ __all__ = [
     "attach_training_state",
 ]
 
-#: the demo dataset: small enough for a 2-core CPU to train 50 epochs in minutes
+#: the demo dataset: small enough for a 2-core CPU to train 50 epochs in minutes. Its planted
+#: signal is 2.5x the generator's default (realistic, harder) strengths, so that ~240 training
+#: volumes suffice; docs/validation.md measures the defaults.
 DEMO: dict[str, Any] = {
     "subjects": 1,
     "scale": 4,
     "volumes_per_run": 90,
     "seed": 7,
+    "class_strength": {"HAPPINESS": 2.0, "SADNESS": 2.0, "FEAR": 2.5, "LOVE": 1.5, "ANGER": 2.0},
 }
 
 
@@ -85,12 +95,13 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, **overrides: Any)
     from monai_emotion.data.synthetic import make_synthetic
 
     params = {**DEMO, **overrides}
-    tag = "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+    tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(root) if root else user_cache_dir() / f"demo-{tag}"
     done = root / ".complete"
     if not done.is_file():
         print(f"generating the synthetic demo dataset in {root} (once)", flush=True)
-        make_synthetic(root, progress=False, **params)
+        # overwrite: a folder without .complete is an interrupted generation of ours
+        make_synthetic(root, progress=False, overwrite=True, **params)
         done.write_text(json.dumps(params) + "\n")
     return root
 
@@ -147,8 +158,14 @@ def prepare_experiment(
     demo: Mapping[str, Any] | None = None,
     label_permutation: int | None = None,
     progress: bool = True,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Everything a bundle needs about the data, as one dict.
+
+    Checks run before anything is cached: explicitly listed ``subjects`` and ``runs`` must
+    exist, and the config's ``num_classes`` / ``class_names`` (when given) must be the
+    labels' classes, in order (a network with other outputs would train on shifted labels).
 
     Returns
     -------
@@ -178,20 +195,26 @@ def prepare_experiment(
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         cache_dir = str(user_cache_dir() / "cache" / f"{Path(dataset_dir).name}-{digest}")
     found = discover_runs(dataset_dir, space, subjects, runs)
-    for problem in found.problems:
+    _check_selection(found, dataset_dir, space, subjects, runs)
+    for problem in found.problems[:4]:
         print(f"! {problem}", flush=True)
+    if len(found.problems) > 4:
+        print(f"! ... and {len(found.problems) - 4} more (listed in versions.json, data.problems)", flush=True)
     labels = derive_labels(annotations_dir, observers, threshold, lag)
+    _check_classes(labels, num_classes, class_names)
     if label_permutation is not None:
         # null model for chance levels: labels rotated within runs, the BOLD untouched
         labels = circular_shift_labels(labels, int(label_permutation))
     datalist = make_datalist(found, labels)
-    index = prepare_cache(dataset_dir, cache_dir, space=space, subjects=found.subjects,
-                          runs=runs, progress=progress, **dict(preprocessing or {}))
-    items = attach_cache(datalist["items"], index)
-    parts = make_splits(items, split or {"kind": "runs", "validate_runs": [7], "test_runs": [8]})
+    # split before caching: a split that cannot work fails in seconds, not after hours
+    parts = make_splits(datalist["items"],
+                        split or {"kind": "runs", "validate_runs": [7], "test_runs": [8]})
     if not parts["train"]:
         raise ConfigError("the split leaves no training items", fix="hold out fewer runs or subjects")
-    first = items[0]
+    index = prepare_cache(dataset_dir, cache_dir, space=space, subjects=found.subjects,
+                          runs=runs, progress=progress, **dict(preprocessing or {}))
+    parts = {name: attach_cache(part, index) for name, part in parts.items()}
+    first = parts["train"][0]
     shape = index[first["subject"], first["run"]].shape[1:]
     return {
         **parts,
@@ -203,6 +226,58 @@ def prepare_experiment(
         "cache_dir": str(cache_dir),
         "problems": list(found.problems),
     }
+
+
+def _check_selection(
+    found: Discovery,
+    dataset_dir: str,
+    space: str,
+    subjects: Sequence[str | int] | None,
+    runs: Sequence[int] | None,
+) -> None:
+    """Subjects and runs the config names explicitly must exist (discovery only reports gaps)."""
+    if subjects is not None:
+        missing = [s for s in map(normalize_subject, subjects) if s not in found.subjects]
+        if missing:
+            raise LayoutError(
+                f"no runs for subject(s) {', '.join('sub-' + s for s in missing)} in space '{space}'",
+                dataset_dir,
+                fix="correct data#subjects (null: every subject found), or the dataset_dir/space",
+            )
+    if runs is not None:
+        have = {(r.subject, r.run) for r in found.runs}
+        for subject in found.subjects:
+            for run in sorted({int(r) for r in runs}):
+                if (subject, run) not in have:
+                    where = bold_path(dataset_dir, subject, run, space) if space in SPACES else dataset_dir
+                    raise LayoutError(
+                        f"sub-{subject} run {run} is missing (data#runs lists it)",
+                        where,
+                        fix="copy the run into the dataset, or leave it out of data#runs",
+                    )
+
+
+def _check_classes(
+    labels: Any, num_classes: int | None, class_names: Sequence[str] | None
+) -> None:
+    """The config's class count and names must be the labels' (the emotion map's), in order."""
+    classes = [str(c) for c in labels.attrs.get("classes", [])]
+    source = labels.attrs.get("emotion_map", "the emotion map")
+    if num_classes is not None and int(num_classes) != len(classes):
+        raise ConfigError(
+            f"num_classes={num_classes}, but the labels have {len(classes)} classes {classes} "
+            f"(from {source})",
+            where="config 'num_classes'",
+            fix=f"set num_classes to {len(classes)} and class_names to {classes}, or label with an "
+            "emotion map of that many classes",
+        )
+    if class_names is not None and [str(c) for c in class_names] != classes:
+        raise ConfigError(
+            f"class_names {list(class_names)} are not the labels' classes {classes} (in this order, "
+            f"from {source})",
+            where="config 'class_names'",
+            fix=f"set class_names to {classes}",
+        )
 
 
 def _config_from_argv(argv: Sequence[str]) -> dict | None:
@@ -263,10 +338,13 @@ def write_run_record(
     if experiment is not None:
         record["data"] = {k: v for k, v in experiment.items() if k not in ("train", "validate", "test")}
         record["data"]["n_items"] = {k: len(experiment[k]) for k in ("train", "validate", "test")}
-    (out / "versions.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    # atomic: a full disk or a kill never leaves half a record under the final name
+    atomic_write_text(out / "versions.json", json.dumps(record, indent=2, default=str) + "\n",
+                      MonaiEmotionError)
     resolved = config if config is not None else _config_from_argv(sys.argv)
     if resolved is not None:
-        (out / "config_resolved.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        atomic_write_text(out / "config_resolved.json",
+                          json.dumps(resolved, indent=2, default=str) + "\n", MonaiEmotionError)
     return out
 
 
@@ -282,7 +360,12 @@ def latest_checkpoint(resume: str, ckpt_dir: str | os.PathLike) -> str:
             raise ConfigError("checkpoint to resume from not found", resume,
                               fix="pass a training_state_*.pt path, or --resume latest")
         return str(resume)
-    states = sorted(Path(ckpt_dir).glob("training_state*.pt"), key=lambda p: p.stat().st_mtime)
+    from monai_emotion.checkpoints import checkpoint_epoch
+
+    # newest first by time: states of an older, longer training in the same folder may carry
+    # higher epochs; the epoch only breaks ties between files written within one clock tick
+    states = sorted(Path(ckpt_dir).glob("training_state*.pt"),
+                    key=lambda p: (p.stat().st_mtime_ns, checkpoint_epoch(p)))
     if not states:
         raise ConfigError("no training state to resume from", ckpt_dir,
                           fix="train once first (training_state_*.pt is written every epoch)")
@@ -296,10 +379,16 @@ def attach_training_state(
 
     The trainer itself is part of the state (epoch, iteration), which a config cannot put in a
     handler of its own (circular reference): the bundle calls this from its run list instead.
-    Only rank 0 writes under DDP.
+    States are written atomically and the last two are kept, so a kill at any moment leaves a
+    complete one (ignite deletes the oldest before writing the next). The state to resume from
+    is read with ``weights_only=True`` and checked against the objects before training starts
+    (:class:`~monai_emotion.checkpoints.CheckpointLoader`). Only rank 0 writes under DDP.
     """
     import ignite.distributed as idist
-    from monai.handlers import CheckpointLoader, CheckpointSaver
+    from ignite.engine import Events
+    from ignite.handlers import Checkpoint
+
+    from monai_emotion.checkpoints import AtomicSaveHandler, CheckpointLoader
 
     # ignite builds its process-group view lazily with a collective call: make every rank
     # take part now, before only rank 0 creates the saver (which would otherwise hang)
@@ -311,8 +400,10 @@ def attach_training_state(
         print(f"resuming from {path}", flush=True)
     if not _is_rank0():
         return
-    CheckpointSaver(save_dir=str(ckpt_dir), save_dict=state, file_prefix="training_state",
-                    save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
+    saver = Checkpoint(state, AtomicSaveHandler(ckpt_dir), filename_prefix="training_state",
+                       score_function=lambda engine: engine.state.epoch, score_name="epoch",
+                       n_saved=2)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
 
 
 def _barrier() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from monai_emotion.data.studyforrest import SEGMENT_STARTS, TR, normalize_subject
 from monai_emotion.errors import ConfigError, LayoutError
 
-__all__ = ["save_data_config", "load_data_config", "prepare_inference"]
+__all__ = ["save_data_config", "load_data_config", "trained_spatial_shape", "prepare_inference"]
 
 _DATA_CONFIG = "data_config.json"
 _ENTITY = re.compile(r"sub-([A-Za-z0-9]+).*?run-0*(\d+)")
@@ -53,6 +53,14 @@ def load_data_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError("no data_config.json beside the model", path,
                           fix="train the bundle first (training writes it), or pass --ckpt_dir")
     return json.loads(path.read_text())
+
+
+def trained_spatial_shape(ckpt_dir: str | os.PathLike, default: Sequence[int]) -> list[int]:
+    """The grid the model in ``ckpt_dir`` was trained on, else ``default`` (the declared shape)."""
+    path = Path(ckpt_dir) / _DATA_CONFIG
+    if path.is_file():
+        return [int(s) for s in json.loads(path.read_text())["spatial_shape"]]
+    return [int(s) for s in default]
 
 
 def _stage_files(files: Sequence[Path], staging: Path) -> str:

@@ -33,7 +33,7 @@ __all__ = [
     "encoder_output_shape",
 ]
 
-_HEADS = ("flatten", "gap")
+_HEADS = ("flatten", "gap", "grid")
 _PADDINGS = ("same", "valid")
 
 
@@ -103,14 +103,18 @@ class EmotionCNN3D(nn.Module):
     pool
         Per conv block: ``True`` = 2x max-pool after it, ``False`` = none, int = pool size.
     head
-        ``"flatten"`` (paper: flatten -> dense ``hidden``) or ``"gap"`` (global average
-        pool -> dense ``hidden``; input-size independent, ~10^4 x fewer head parameters).
+        ``"flatten"`` (paper: flatten -> dense ``hidden``; sized for one input shape),
+        ``"grid"`` (average pool to ``grid_shape`` cells -> flatten -> dense ``hidden``: keeps
+        coarse location, any input size) or ``"gap"`` (global average pool -> dense ``hidden``:
+        any input size, but blind to *where* a pattern is).
     hidden
         Units of the penultimate dense layer (the embedding returned by :meth:`features`).
     dropout
         Dropout before the last dense layer (0 disables it).
     padding
         ``"same"`` (paper, reproduces 139.5 M head parameters) or ``"valid"``.
+    grid_shape
+        Cells per axis of the ``"grid"`` head.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class EmotionCNN3D(nn.Module):
         hidden: int = 128,
         dropout: float = 0.0,
         padding: str = "same",
+        grid_shape: Sequence[int] = (4, 4, 2),
     ) -> None:
         super().__init__()
         if head not in _HEADS:
@@ -163,9 +168,11 @@ class EmotionCNN3D(nn.Module):
             for s in self.feature_shape:
                 n_in *= s
         else:
-            self.feature_shape = (int(channels[-1]), 1, 1, 1)
-            self.reduce = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(1))
-            n_in = int(channels[-1])
+            # "grid" keeps coarse location (where in the brain a pattern sits), "gap" keeps none
+            cells = tuple(int(g) for g in grid_shape) if head == "grid" else (1, 1, 1)
+            self.feature_shape = (int(channels[-1]), *cells)
+            self.reduce = nn.Sequential(nn.AdaptiveAvgPool3d(cells), nn.Flatten(1))
+            n_in = int(channels[-1]) * cells[0] * cells[1] * cells[2]
         self.spatial_shape = tuple(int(s) for s in spatial_shape) if spatial_shape else None
         self.hidden = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)

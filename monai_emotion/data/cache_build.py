@@ -49,6 +49,36 @@ def downsample_factors(
     return tuple(int(f) for f in factors)
 
 
+def _grid(affine: Any) -> tuple[str, tuple[float, ...]]:
+    matrix = np.asarray(affine, dtype=float)
+    zooms = tuple(float(z) for z in np.sqrt((matrix[:3, :3] ** 2).sum(axis=0)))
+    return "".join(nib.aff2axcodes(matrix)), zooms
+
+
+def check_same_grid(path: str, affine: Any, ref_path: str, ref_affine: Any) -> None:
+    """Refuse a run whose orientation or voxel size differs from the reference's (a run or mask).
+
+    Voxel-wise masks and crops are only meaningful between images of one orientation and
+    voxel size; positions may differ slightly (raw-space runs of two sessions do).
+
+    Raises
+    ------
+    ImageError
+        Naming ``path`` and the reference.
+    """
+    codes, zooms = _grid(affine)
+    ref_codes, ref_zooms = _grid(ref_affine)
+    fix = ("resample the run onto the others' grid (nilearn.image.resample_to_img), or copy the "
+           "right file again; runs cached together must share one grid")
+    if codes != ref_codes:
+        raise ImageError(f"orientation {codes} differs from {ref_codes} of {ref_path}", path, fix=fix)
+    if not np.allclose(zooms, ref_zooms, rtol=1e-3, atol=1e-4):
+        shown = ", ".join(f"{z:.3g}" for z in zooms)
+        ref_shown = ", ".join(f"{z:.3g}" for z in ref_zooms)
+        raise ImageError(f"voxel size ({shown}) mm differs from ({ref_shown}) mm of {ref_path}",
+                         path, fix=fix)
+
+
 def _sha(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -78,6 +108,7 @@ class RunBuilder:
         self.progress = progress
         self.masks_dir = out / "masks"
         self._mask_memo: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
+        self._unsaved_masks: dict[str, tuple[Path, bytes, Path, dict[str, Any]]] = {}
 
     # ---- masks
     def mask_plan(self, info: RunInfo, discovery_all: Discovery, user_mask: str | None) -> MaskPlan:
@@ -135,14 +166,26 @@ class RunBuilder:
             n_voxels=int(mask.sum()),
             nilearn_version=nilearn.__version__,
         )
-        self.masks_dir.mkdir(parents=True, exist_ok=True)
         img = nib.Nifti1Image(mask.astype(np.uint8), affine)
         img.header.set_xyzt_units("mm")
-        cio.atomic_write_bytes(nii, gzip.compress(img.to_bytes(), compresslevel=6))
-        cio.atomic_write_text(meta_path, cio.dumps(info))
+        # written with the first run that uses it (save_mask): a build that fails on its
+        # first run leaves the output folder empty. mtime=0: equal inputs, equal bytes
+        self._unsaved_masks[plan.name] = (
+            nii, gzip.compress(img.to_bytes(), compresslevel=6, mtime=0), meta_path, info
+        )
         result = (mask, affine, str(nii), info["sha256"])
         self._mask_memo[plan.name] = result
         return result
+
+    def save_mask(self, plan: MaskPlan) -> None:
+        """Write a mask computed by :meth:`mask` into ``masks/`` (once)."""
+        pending = self._unsaved_masks.pop(plan.name, None)
+        if pending is None:
+            return
+        nii, data, meta_path, info = pending
+        self.masks_dir.mkdir(parents=True, exist_ok=True)
+        cio.atomic_write_bytes(nii, data)
+        cio.atomic_write_text(meta_path, cio.dumps(info))
 
     def _computed_mask(self, plan: MaskPlan, affine: np.ndarray) -> np.ndarray:
         p = self.params
@@ -153,6 +196,9 @@ class RunBuilder:
                 plan.contributors[0].path,
                 fix="use an aligned space (nonlinear/linear), or one cache per grid with mask=PATH",
             )
+        ref = plan.contributors[0]
+        for other in plan.contributors[1:]:
+            check_same_grid(other.path, other.affine, ref.path, ref.affine)
         per_subject: dict[str, list[np.ndarray]] = {}
         bar = tqdm(
             plan.contributors,
@@ -227,7 +273,8 @@ class RunBuilder:
         cio.remove_stale_temporaries(npy)
         cio.remove_stale_temporaries(sidecar)
 
-        src_mask, _affine, mask_path, mask_sha = self.mask(plan)
+        src_mask, mask_affine, mask_path, mask_sha = self.mask(plan)
+        check_same_grid(info.path, info.affine, mask_path, mask_affine)
         factor = downsample_factors(p["downsample"], p["target_voxel_mm"], info.zooms)
         grid = clean.make_grid(src_mask, np.asarray(info.affine), margin=p["margin"], factor=factor)
         reader = cio.SourceReader(info.path, p["nonfinite"])
@@ -313,6 +360,7 @@ class RunBuilder:
                 _write_frames(writer, frames[:n])
             writer.commit()
         bar.close()
+        self.save_mask(plan)
         del data
         zooms = [float(np.linalg.norm(grid.affine[:3, i])) for i in range(3)]
         meta = {

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
 
-from monai_emotion.errors import CacheError, ImageError
+from monai_emotion.errors import CacheError, ImageError, MonaiEmotionError, write_error
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -37,6 +37,7 @@ __all__ = [
     "array_sha256",
     "read_json",
     "remove_stale_temporaries",
+    "temporary_name",
 ]
 
 #: bump when the bytes a cache holds for the same inputs and parameters change meaning
@@ -87,9 +88,17 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _temporary_name(final: Path) -> Path:
+def temporary_name(final: Path) -> Path:
+    """Hidden temporary beside ``final`` that :func:`remove_stale_temporaries` recognises."""
     # hidden, in the same folder (os.replace must not cross filesystems), unique per writer
     return final.parent / f".{final.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _raise_write_error(exc: OSError, final: Path, error: type[MonaiEmotionError]) -> None:
+    """Re-raise a failed write: a clear error for a full disk, the ``OSError`` otherwise."""
+    if clear := write_error(exc, final, error):
+        raise clear from exc
+    raise exc
 
 
 def remove_stale_temporaries(final: Path) -> int:
@@ -119,24 +128,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(
+    path: str | os.PathLike, text: str, error: type[MonaiEmotionError] = CacheError
+) -> None:
     """Write ``text`` so that ``path`` holds either the old content or all of the new."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), error)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary beside ``path``, fsync, then rename it over ``path``."""
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, error: type[MonaiEmotionError] = CacheError
+) -> None:
+    """Write ``data`` to a temporary beside ``path``, fsync, then rename it over ``path``.
+
+    A full disk raises ``error`` (naming ``path``) after the temporary is removed.
+    """
     final = Path(path)
-    tmp = _temporary_name(final)
+    tmp = temporary_name(final)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            _raise_write_error(exc, final, error)
         raise
     fsync_dir(final.parent)
 
@@ -166,7 +184,7 @@ class AtomicNpyWriter:
         self.dtype = np.dtype(dtype)
         self.frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self.frames_written = 0
-        self.tmp = _temporary_name(self.final)
+        self.tmp = temporary_name(self.final)
         self._fh = open(self.tmp, "wb")
         header = {
             "descr": np.lib.format.dtype_to_descr(self.dtype),
@@ -188,21 +206,30 @@ class AtomicNpyWriter:
             or self.frames_written + frames.shape[0] > self.shape[0]
         ):
             raise ValueError(f"frames of shape {frames.shape} do not fit file shape {self.shape}")
-        self._fh.write(memoryview(frames).cast("B"))
+        try:
+            self._fh.write(memoryview(frames).cast("B"))
+        except OSError as exc:
+            _raise_write_error(exc, self.final, CacheError)
         self.frames_written += frames.shape[0]
 
     def commit(self) -> None:
         if self.frames_written != self.shape[0]:
             raise ValueError(f"{self.frames_written} of {self.shape[0]} frames written")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            _raise_write_error(exc, self.final, CacheError)
         self._fh.close()
         os.replace(self.tmp, self.final)
         fsync_dir(self.final.parent)
 
     def abort(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            # closing flushes the buffer, which fails again on a full disk: the temporary
+            # must go all the same
+            with contextlib.suppress(OSError):
+                self._fh.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from monai_emotion.data.annotations import EMOTION_TOKENS, Episode, read_observers
+from monai_emotion.data.cache_io import atomic_write_text
 from monai_emotion.data.studyforrest import SEGMENT_STARTS, TR, VOLUMES_PER_RUN, volume_movie_times
-from monai_emotion.errors import AnnotationError, ConfigError
+from monai_emotion.errors import AnnotationError, ConfigError, MonaiEmotionError
 
 __all__ = [
     "CLASSES",
@@ -250,15 +251,16 @@ def write_label_tables(labels: pd.DataFrame, out: str | os.PathLike) -> list[Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    # atomic: a kill or a full disk never leaves half a table under its final name
     for run, frame in labels.groupby("run"):
         path = out / f"labels_run-{run}.tsv"
-        tmp = path.with_suffix(".tsv.tmp")
-        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-        os.replace(tmp, path)
+        atomic_write_text(path, frame.to_csv(sep="\t", index=False, float_format="%.6g"),
+                          MonaiEmotionError)
         written.append(path)
     meta = {k: v for k, v in labels.attrs.items()}
     meta["runs"] = sorted(int(r) for r in labels["run"].unique())
-    (out / "labels.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_text(out / "labels.json", json.dumps(meta, indent=2, default=str) + "\n",
+                      MonaiEmotionError)
     return written
 
 

@@ -294,9 +294,22 @@ def _find_subjects(root: Path, space: str) -> list[str]:
     if space in SPACES and SPACES[space].startswith("derivatives/"):
         bases.insert(0, root / SPACES[space].split("/sub-")[0])
     found: set[str] = set()
+    folders: dict[str, Path] = {}
     for base in bases:
         if base.is_dir():
-            found |= {p.name[4:] for p in base.glob("sub-*") if p.is_dir()}
+            for folder in sorted(base.glob("sub-*")):
+                if not folder.is_dir():
+                    continue
+                found.add(folder.name[4:])
+                label = normalize_subject(folder.name)
+                other = folders.setdefault(label, folder)
+                if other.name != folder.name:
+                    # sub-1 and sub-01 name one subject: its runs would be read twice
+                    raise LayoutError(
+                        f"{other.name} and {folder.name} are the same subject (sub-{label})",
+                        folder,
+                        fix="keep one folder per subject, named with the dataset's label (sub-01)",
+                    )
     participants = root / "participants.tsv"
     if not found and participants.is_file():
         for line in participants.read_text().splitlines()[1:]:
