@@ -205,6 +205,10 @@ def run_with_clean_errors(entry: Callable[[], object], argv: list[str] | None = 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # output piped into `head` and the like: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except Exception as exc:
         message = None if debug else format_user_error(exc)
         if message is None:
