@@ -1,0 +1,124 @@
+"""The linear decoder the field would try first, on the CNN's own volumes and splits.
+
+``StandardScaler -> SelectKBest(f_classif)`` (voxel screening) ``or PCA -> LogisticRegression``,
+fitted on a model's training items and scored on each of its test sets. Items and splits come
+from the bundle's own functions (``make_splits`` on :class:`~monai_emotion.study.features.VolumeTable`
+items), so a linear model and the CNN of the same :class:`~monai_emotion.study.plan.ModelSpec`
+see exactly the same volumes. The validation run, which the CNN uses only to pick its
+checkpoint, is not used here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monai_emotion.experiment import make_splits
+from monai_emotion.study.features import FeatureStore, VolumeTable, select_subjects
+from monai_emotion.study.plan import ModelSpec, TestSet
+
+__all__ = ["make_decoder", "LinearBaseline", "PREDICTION_COLUMNS"]
+
+#: the columns of a predictions table (as the bundle's predictions.csv, plus probabilities)
+PREDICTION_COLUMNS = ("subject", "run", "volume", "movie_time", "true_label", "predicted_label")
+
+
+def make_decoder(settings: Mapping[str, Any], n_features: int) -> Any:
+    """The scikit-learn pipeline of the baseline (``settings``: the study's ``baseline`` section)."""
+    from sklearn.decomposition import PCA
+    from sklearn.feature_selection import SelectKBest, f_classif
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if settings["reduction"] == "pca":
+        reduce = PCA(n_components=int(settings["components"]), svd_solver="randomized", random_state=0)
+    else:
+        k = int(settings["k"])
+        reduce = SelectKBest(f_classif, k="all" if k >= n_features else k)
+    classifier = LogisticRegression(C=float(settings["C"]), max_iter=int(settings["max_iter"]),
+                                    tol=float(settings["tol"]))
+    return make_pipeline(StandardScaler(), reduce, classifier)
+
+
+def _split(items: Sequence[dict], subjects: Sequence[str], split: Mapping[str, Any]) -> dict[str, list[dict]]:
+    with warnings.catch_warnings(record=True):  # the leaky split warns on purpose
+        return make_splits(select_subjects(items, subjects), dict(split))
+
+
+class LinearBaseline:
+    """Fit and score the linear decoder for any model spec and label permutation.
+
+    Parameters
+    ----------
+    table
+        Items at any lag/permutation.
+    store
+        The cached frames.
+    settings
+        The study's ``baseline`` section.
+    classes
+        Class names, in label-index order.
+    """
+
+    def __init__(self, table: VolumeTable, store: FeatureStore, settings: Mapping[str, Any],
+                 classes: Sequence[str]) -> None:
+        self.table = table
+        self.store = store
+        self.settings = dict(settings)
+        self.classes = list(classes)
+
+    def fit_predict(self, spec: ModelSpec, with_probabilities: bool = False) -> dict[str, pd.DataFrame]:
+        """Train on ``spec``'s training items; predictions for each of its test sets.
+
+        Returns
+        -------
+        dict
+            Test set name -> table with :data:`PREDICTION_COLUMNS` (label names), plus
+            ``prob_<class>`` columns when ``with_probabilities``.
+        """
+        from threadpoolctl import threadpool_limits
+
+        items = self.table.items(spec.lag, spec.permutation)
+        parts = _split(items, spec.subjects, spec.split)
+        train = parts["train"]
+        y = np.fromiter((i["label"] for i in train), dtype=np.int64, count=len(train))
+        decoder = make_decoder(self.settings, self.store.n_features)
+        # BLAS threads fight for shared cores and make these small fits 10x slower
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            decoder.fit(self.store.matrix(train), y)
+            out = {}
+            for test in spec.test_sets:
+                tested = parts["test"] if self._same(spec, test) else _split(items, test.subjects, test.split)["test"]
+                out[test.name] = self._table(decoder, tested, with_probabilities)
+        return out
+
+    @staticmethod
+    def _same(spec: ModelSpec, test: TestSet) -> bool:
+        return tuple(test.subjects) == tuple(spec.subjects) and test.split == spec.split
+
+    def _table(self, decoder: Any, items: list[dict], with_probabilities: bool) -> pd.DataFrame:
+        x = self.store.matrix(items)
+        names = np.array(self.classes, dtype=object)
+        known = decoder.classes_
+        frame = pd.DataFrame({
+            "subject": [i["subject"] for i in items],
+            "run": [int(i["run"]) for i in items],
+            "volume": [int(i["frame"]) for i in items],
+            "movie_time": [float(i["movie_time"]) for i in items],
+            "true_label": names[[int(i["label"]) for i in items]],
+        })
+        if with_probabilities:
+            prob = np.zeros((len(items), len(self.classes)))
+            prob[:, known] = decoder.predict_proba(x)
+            frame["predicted_label"] = names[prob.argmax(axis=1)]
+            for k, name in enumerate(self.classes):
+                frame[f"prob_{name}"] = prob[:, k]
+        else:
+            frame["predicted_label"] = names[decoder.predict(x)]
+        return frame

@@ -1,0 +1,189 @@
+"""Which models a study trains and on which held-out data each is tested.
+
+A :class:`ModelSpec` is everything that distinguishes one model from another: the subjects whose
+volumes it may see, the bundle split (``data#split``), the label lag and, for chance levels, the
+label permutation. Each model carries its :class:`TestSet`\\ s; a test set is again a subject
+list plus a split whose ``test`` part is evaluated, so the bundle's own ``make_splits`` decides
+every membership, for the CNN and the linear baseline alike.
+
+Experiments (``within``, ``cross``, ``unseen``, ``leaky``) follow the seed poster's design,
+with leak-free splits:
+
+- runs are grouped into folds with every class in every test fold
+  (:func:`~monai_emotion.data.splits.run_folds`); a model holding out fold ``k`` validates
+  on the remaining run with the most even class counts (checkpoint selection never sees test
+  runs), and ``split_by_runs`` drops the training volumes that share movie moments with the
+  validation or test runs (the 16 s overlap between neighbouring runs);
+- unseen-subject models hold out a subject fold *and* one run fold for everyone, so the
+  ``unseen_heldout`` test set contains no movie moment seen in training; ``unseen_all_runs``
+  (every run of the unseen subjects: the stimulus was heard by the training subjects) and
+  ``seen_heldout`` (the training subjects' held-out runs) are reported separately;
+- the seed's protocol (random per-volume split, no lag) is the ``leaky`` experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from monai_emotion.data.splits import run_folds, subject_folds
+from monai_emotion.errors import ConfigError
+
+__all__ = ["TestSet", "ModelSpec", "StudyPlan", "plan_study", "validation_run"]
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """Held-out data of one model: the ``test`` part of ``split`` over ``subjects``."""
+
+    name: str
+    subjects: tuple[str, ...]
+    split: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the study (CNN through the bundle, or the linear baseline)."""
+
+    id: str
+    experiment: str
+    subjects: tuple[str, ...]
+    split: dict[str, Any]
+    lag: float
+    fold: str
+    test_sets: tuple[TestSet, ...]
+    permutation: int | None = None
+    held_out_subjects: tuple[str, ...] = field(default=())
+
+    @property
+    def protocol(self) -> str:
+        return "leaky" if self.experiment == "leaky" else "clean"
+
+    def permuted(self, seed: int) -> ModelSpec:
+        """The same model fitted to labels circularly shifted within runs (seed ``seed``)."""
+        return replace(self, id=f"perm-{seed:04d}/{self.id}", permutation=int(seed))
+
+    def digest(self, extra: dict[str, Any] | None = None) -> str:
+        """Hash of the spec and ``extra`` settings: a stored result is reused only if it matches."""
+        text = json.dumps([asdict(self), extra or {}], sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """The models of a study and the fold structure they were built from."""
+
+    models: tuple[ModelSpec, ...]
+    run_folds: tuple[tuple[int, ...], ...]
+    subject_folds: tuple[tuple[str, ...], ...]
+    subjects: tuple[str, ...]
+
+    def of(self, experiment: str) -> list[ModelSpec]:
+        return [m for m in self.models if m.experiment == experiment]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "subjects": list(self.subjects),
+            "run_folds": [list(f) for f in self.run_folds],
+            "subject_folds": [list(f) for f in self.subject_folds],
+            "models": {e: len(self.of(e)) for e in sorted({m.experiment for m in self.models})},
+        }
+
+
+def validation_run(items: Sequence[dict], candidates: Sequence[int], n_classes: int) -> int:
+    """The candidate run whose rarest class has the most volumes (ties: the earliest run).
+
+    Checkpoint selection on balanced accuracy needs every class in the validation run.
+    """
+    if not candidates:
+        raise ConfigError("no run is left for validation", fix="use more runs or fewer run folds")
+    counts = {int(r): np.zeros(n_classes, dtype=int) for r in candidates}
+    for item in items:
+        run = int(item["run"])
+        if run in counts and int(item["label"]) >= 0:
+            counts[run][int(item["label"])] += 1
+    return max(sorted(counts), key=lambda r: (int(counts[r].min()), int((counts[r] > 0).sum()), -r))
+
+
+def _runs_split(test_runs: Sequence[int], val_run: int, gap: float) -> dict[str, Any]:
+    return {"kind": "runs", "validate_runs": [int(val_run)], "test_runs": [int(r) for r in test_runs],
+            "gap": float(gap)}
+
+
+def plan_study(
+    items: Sequence[dict],
+    settings: dict[str, Any],
+    n_classes: int,
+) -> StudyPlan:
+    """Plan every model of a study from its (unpermuted) labelled items.
+
+    Parameters
+    ----------
+    items
+        All labelled items of the study's subjects at the study's lag (the bundle's
+        ``experiment`` with every volume in ``train``).
+    settings
+        The study settings (:class:`~monai_emotion.study.config.Study`).
+    n_classes
+        Number of classes.
+
+    Returns
+    -------
+    StudyPlan
+    """
+    splits, gap = settings["splits"], float(settings["splits"]["gap"])
+    lag = float(settings["labels"]["lag"])
+    subjects = tuple(sorted({str(i["subject"]) for i in items}))
+    folds = tuple(tuple(f) for f in run_folds(items, int(splits["run_folds"]), n_classes))
+    runs = sorted({int(i["run"]) for i in items})
+    chosen = splits["folds"] if splits["folds"] is not None else list(range(len(folds)))
+    if any(not 0 <= int(k) < len(folds) for k in chosen) or not 0 <= int(splits["unseen_run_fold"]) < len(folds):
+        raise ConfigError(f"fold indices must lie in 0..{len(folds) - 1}", fix="correct splits.folds / unseen_run_fold")
+    fold_splits = {}
+    for k in sorted({int(f) for f in chosen} | {int(splits["unseen_run_fold"])}):
+        rest = [r for r in runs if r not in folds[k]]
+        fold_splits[k] = _runs_split(folds[k], validation_run(items, rest, n_classes), gap)
+    experiments = settings["experiments"]
+    models: list[ModelSpec] = []
+    if "within" in experiments:
+        for sub in subjects:
+            for k in chosen:
+                split = fold_splits[int(k)]
+                models.append(ModelSpec(f"within/sub-{sub}/fold-{k}", "within", (sub,), split, lag, str(k),
+                                        (TestSet("heldout", (sub,), split),)))
+    if "cross" in experiments:
+        for k in chosen:
+            split = fold_splits[int(k)]
+            models.append(ModelSpec(f"cross/fold-{k}", "cross", subjects, split, lag, str(k),
+                                    (TestSet("heldout", subjects, split),)))
+    groups: tuple[tuple[str, ...], ...] = ()
+    if "unseen" in experiments:
+        if len(subjects) < 2:
+            raise ConfigError("unseen-subject models need at least 2 subjects",
+                              fix="add subjects or drop 'unseen' from experiments")
+        groups = tuple(tuple(g) for g in subject_folds(subjects, splits["subject_folds"]))
+        k = int(splits["unseen_run_fold"])
+        runs_split = fold_splits[k]
+        for j, unseen in enumerate(groups):
+            seen = tuple(s for s in subjects if s not in unseen)
+            split = {"kind": "subjects", "test_subjects": list(unseen), "test_runs": list(folds[k]),
+                     "validate_runs": runs_split["validate_runs"], "gap": gap}
+            tests = (
+                TestSet("unseen_heldout", subjects, split),
+                TestSet("unseen_all_runs", subjects, {**split, "test_runs": None}),
+                TestSet("seen_heldout", seen, runs_split),
+            )
+            models.append(ModelSpec(f"unseen/subjects-{j}", "unseen", subjects, split, lag, str(k), tests,
+                                    held_out_subjects=unseen))
+    if "leaky" in experiments:
+        leaky = settings["leaky"]
+        split = {"kind": "leaky_random", "test_fraction": float(leaky["test_fraction"]), "seed": int(leaky["seed"])}
+        for sub in subjects:
+            models.append(ModelSpec(f"leaky/sub-{sub}", "leaky", (sub,), split, float(leaky["lag"]), "random",
+                                    (TestSet("leaky_random", (sub,), split),)))
+    return StudyPlan(tuple(models), folds, groups, subjects)
