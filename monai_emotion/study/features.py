@@ -86,8 +86,8 @@ class VolumeTable:
                 for v, c, n, m, t in zip(volumes, labels, names, movie, label_time, strict=True)
             )
         if permutation is not None:
-            # keep only a few permutations: each is used once by every model, then never again
-            for stale in [k for k in self._items if k[1] is not None]:
+            # keep only the current permutation (at every lag): each is used by every model once
+            for stale in [k for k in self._items if k[1] is not None and k[1] != key[1]]:
                 del self._items[stale]
         self._items[key] = items
         return items

@@ -139,6 +139,23 @@ class _Study:
             self._baseline = LinearBaseline(self.table, store, self.study["baseline"], self.classes)
         return self._baseline
 
+    def check_linear_settings(self) -> None:
+        """Discard stored linear results made with other baseline or data settings."""
+        record = self.root / "models" / "linear.json"
+        keys = ("dataset_dir", "annotations_dir", "cache_dir", "data#space", "data#observers", "data#threshold",
+                "data#lag", "data#preprocessing", "data#subjects")
+        settings = {"baseline": self.study["baseline"], "data": {k: self.base.get(k) for k in keys},
+                    "leaky": self.study["leaky"], "splits": self.study["splits"]}
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if record.is_file() and json.loads(record.read_text()).get("digest") != digest:
+            import shutil
+
+            self.log("  linear: settings changed since the stored results; they are recomputed")
+            shutil.rmtree(self.root / "models" / "linear", ignore_errors=True)
+            (self.root / "permutations_linear.csv").unlink(missing_ok=True)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"digest": digest, "settings": settings}, indent=2, default=str) + "\n")
+
     def linear_done(self, spec: ModelSpec) -> bool:
         root = self.root / "models" / "linear" / spec.id
         return all((root / t.name / "predictions.csv").is_file() for t in spec.test_sets)
@@ -274,31 +291,34 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
     state = _Study(study, root, log)
     log(f"study '{study.name}' -> {root}")
     state.prepare()
-    worker = None
+    if study["baseline"]["enabled"]:
+        state.check_linear_settings()
     baseline_args = (str(study.source), str(root), tokens, force)
+    pool, worker = None, None
     if study["baseline"]["enabled"] and not state.linear_todo(tokens, force):
         log("linear baseline: every selected model and permutation already done")
-    elif study["baseline"]["enabled"]:
-        if study["runtime"]["parallel_baseline"]:
-            import concurrent.futures
-            import multiprocessing
+    elif study["baseline"]["enabled"] and study["runtime"]["parallel_baseline"]:
+        import multiprocessing
 
-            # spawn, not fork: the parent already holds torch and BLAS thread pools
-            pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            worker = pool.submit(_baseline_stage, *baseline_args)
-            pool.shutdown(wait=False)
-            log(f"linear baseline and its permutations: in a second process (log {root / 'logs' / 'baseline.log'})")
-        else:
-            log("linear baseline:")
-            state.timings.update(_baseline_stage(*baseline_args, log=log))
-    log("CNN models (through the bundle configs):")
-    state.run_cnn([s for s in state.plan.models if selected("cnn", s, tokens)], force)
-    state.run_cnn_permutations(tokens, force)
-    if worker is not None:
-        waited = time.perf_counter()
-        timings = worker.result()  # re-raises the worker's error, if any
-        state.timings.update({f"{k} (parallel)": v for k, v in timings.items() if k != "prepare"})
-        log(f"linear baseline finished (waited {time.perf_counter() - waited:.0f} s for it)")
+        # spawn, not fork: the parent already holds torch and BLAS thread pools
+        pool = multiprocessing.get_context("spawn").Pool(1)
+        worker = pool.apply_async(_baseline_stage, baseline_args)
+        log(f"linear baseline and its permutations: in a second process (log {root / 'logs' / 'baseline.log'})")
+    elif study["baseline"]["enabled"]:
+        log("linear baseline:")
+        state.timings.update(_baseline_stage(*baseline_args, log=log))
+    try:
+        log("CNN models (through the bundle configs):")
+        state.run_cnn([s for s in state.plan.models if selected("cnn", s, tokens)], force)
+        state.run_cnn_permutations(tokens, force)
+        if worker is not None:
+            waited = time.perf_counter()
+            timings = worker.get()  # re-raises the worker's error, if any
+            state.timings.update({f"{k} (parallel)": v for k, v in timings.items() if k != "prepare"})
+            log(f"linear baseline finished (waited {time.perf_counter() - waited:.0f} s for it)")
+    finally:
+        if pool is not None:
+            pool.terminate()  # idle after get(); on an error or Ctrl-C it stops the worker too
     t0 = time.perf_counter()
     summary = build_outputs(state, log)
     state.timed("outputs", t0)
