@@ -1,27 +1,18 @@
-"""monai-emotion: naturalistic emotion decoding from whole-brain 7T fMRI with MONAI."""
+"""monai-emotion: naturalistic emotion decoding from whole-brain 7T fMRI with MONAI.
 
-from __future__ import annotations
+Importing the package has no side effects: the clean one-or-two-line error printing is
+installed by the command line and by the bundle configs
+(:func:`monai_emotion.runtime.install_clean_errors`), never by ``import monai_emotion``.
+"""
 
-import importlib
-from typing import Any
+from monai_emotion._lazy import lazy_getattr
 
-from monai_emotion.errors import install_excepthook
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
-
-# bundle runs reach our code only through `$import monai_emotion`: from then on an uncaught
-# MonaiEmotionError (even wrapped by MONAI) prints its one or two lines, not a traceback
-install_excepthook()
-
-_SUBMODULES = {
-    "checkpoints", "data", "errors", "experiment", "handlers", "inference", "metrics", "networks", "study",
-    "transforms", "writers",
-}
-
-
-def __getattr__(name: str) -> Any:
-    # lazy submodules: bundle configs can write `$import monai_emotion` then
-    # `monai_emotion.networks.X` without importing torch-heavy modules up front
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``checkpoints``, ``handlers`` and ``writers`` moved into ``engine/`` in 0.2.0; configs
+#: written for 0.1.0 still reach them here
+__getattr__ = lazy_getattr(__name__, {
+    **{n: n for n in ("data", "engine", "errors", "experiment", "fileio", "inference", "metrics",
+                      "networks", "runtime", "study", "transforms")},
+    "checkpoints": "engine.checkpoints", "handlers": "engine.handlers", "writers": "engine.writers",
+})

@@ -15,6 +15,7 @@ from pathlib import Path
 import fire
 
 from monai_emotion.errors import DEBUG_ENV, format_user_error
+from monai_emotion.runtime import install_clean_errors
 
 
 def labels(
@@ -170,21 +171,30 @@ def _as_list(value: str | list | tuple | None) -> list | None:
     return list(value)
 
 
+def study(config: str, out: str | None = None, only: str | None = None, force: bool = False) -> None:
+    """Run a study (see ``studies/demo.json`` and ``docs/study.md``).
+
+    Parameters
+    ----------
+    config: the study file
+    out: output folder (default results/<study name>)
+    only: comma-separated subset to (re)compute: within, cross, unseen, leaky, cnn, linear, permutations, a model id glob (within/sub-01/*), or decoder:pattern (cnn:cross)
+    force: recompute selected models even if their results exist
+    """
+    from monai_emotion.study.runner import study_cli
+
+    study_cli(config, out=out, only=only, force=force)
+
+
 def _commands() -> dict[str, Callable]:
-    commands: dict[str, Callable] = {
+    return {
         "labels": labels,
         "discover": discover,
         "datalist": datalist,
         "make-synthetic": make_synthetic,
         "prepare": prepare,
+        "study": study,
     }
-    try:
-        from monai_emotion.study.runner import study_cli
-
-        commands["study"] = study_cli
-    except ImportError:
-        pass
-    return commands
 
 
 def run_with_clean_errors(entry: Callable[[], object], argv: list[str] | None = None) -> None:
@@ -219,4 +229,5 @@ def run_with_clean_errors(entry: Callable[[], object], argv: list[str] | None = 
 
 def main() -> None:
     """Entry point of ``python -m monai_emotion`` and the ``monai-emotion`` script."""
+    install_clean_errors()
     run_with_clean_errors(lambda: fire.Fire(_commands(), name=Path(sys.argv[0]).stem))

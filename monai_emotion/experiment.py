@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_emotion import __version__
-from monai_emotion.data.cache_io import atomic_write_text
 from monai_emotion.data.datalist import class_counts, make_datalist
 from monai_emotion.data.labels import circular_shift_labels, derive_labels
 from monai_emotion.data.splits import (
@@ -34,76 +29,31 @@ from monai_emotion.data.studyforrest import (
     discover_runs,
     normalize_subject,
 )
-from monai_emotion.errors import ConfigError, LayoutError, MonaiEmotionError
+from monai_emotion.data.synthetic.demo import ensure_demo_dataset
+from monai_emotion.errors import ConfigError, LayoutError
+from monai_emotion.runtime import barrier, is_rank0, user_cache_dir
 
-__all__ = [
-    "DEMO",
-    "bundle_root",
-    "user_cache_dir",
-    "ensure_demo_dataset",
-    "make_splits",
-    "prepare_experiment",
-    "write_run_record",
-    "latest_checkpoint",
-    "print_summary",
-    "attach_training_state",
-]
+__all__ = ["make_splits", "prepare_experiment"]
 
-#: the demo dataset: small enough for a 2-core CPU to train 50 epochs in minutes. Its planted
-#: signal is 2.5x the generator's default (realistic, harder) strengths, so that ~240 training
-#: volumes suffice; docs/validation.md measures the defaults.
-DEMO: dict[str, Any] = {
-    "subjects": 1,
-    "scale": 4,
-    "volumes_per_run": 90,
-    "seed": 7,
-    "class_strength": {"HAPPINESS": 2.0, "SADNESS": 2.0, "FEAR": 2.5, "LOVE": 1.5, "ANGER": 2.0},
+#: names configs written for monai-emotion 0.1.0 reach through this module; they live elsewhere now
+_MOVED = {
+    "DEMO": "monai_emotion.data.synthetic.demo",
+    "ensure_demo_dataset": "monai_emotion.data.synthetic.demo",
+    "bundle_root": "monai_emotion.runtime",
+    "user_cache_dir": "monai_emotion.runtime",
+    "write_run_record": "monai_emotion.runtime",
+    "print_summary": "monai_emotion.runtime",
+    "latest_checkpoint": "monai_emotion.engine.resume",
+    "attach_training_state": "monai_emotion.engine.resume",
 }
 
 
-def bundle_root(default: str = ".") -> str:
-    """The bundle folder of the config being run (from ``--config_file``), else ``default``.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    Lets ``python -m monai.bundle run --config_file bundles/x/configs/train.json`` work from
-    any working directory while writing models/ and runs/ inside the bundle.
-    """
-    argv = sys.argv
-    for k, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and k + 1 < len(argv):
-            value = argv[k + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value:
-            first = value.strip("[]").split(",")[0].strip().strip("'\"")
-            path = Path(first).resolve()
-            if path.parent.name == "configs":
-                return str(path.parent.parent)
-    return str(Path(default).resolve())
-
-
-def user_cache_dir() -> Path:
-    """Where generated demo data and caches live (``$MONAI_EMOTION_HOME`` or ``~/.cache/monai_emotion``)."""
-    if os.environ.get("MONAI_EMOTION_HOME"):
-        return Path(os.environ["MONAI_EMOTION_HOME"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "monai_emotion"
-
-
-def ensure_demo_dataset(root: str | os.PathLike | None = None, **overrides: Any) -> Path:
-    """Generate the synthetic demo dataset once; later calls reuse it."""
-    from monai_emotion.data.synthetic import make_synthetic
-
-    params = {**DEMO, **overrides}
-    tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(root) if root else user_cache_dir() / f"demo-{tag}"
-    done = root / ".complete"
-    if not done.is_file():
-        print(f"generating the synthetic demo dataset in {root} (once)", flush=True)
-        # overwrite: a folder without .complete is an interrupted generation of ours
-        make_synthetic(root, progress=False, overwrite=True, **params)
-        done.write_text(json.dumps(params) + "\n")
-    return root
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_splits(items: Sequence[dict], split: Mapping[str, Any]) -> dict[str, list[dict]]:
@@ -178,9 +128,9 @@ def prepare_experiment(
 
     if not dataset_dir:
         # under DDP one rank generates the demo data while the others wait for it
-        if _is_rank0():
+        if is_rank0():
             dataset_dir = str(ensure_demo_dataset(**dict(demo or {})))
-        _barrier()
+        barrier()
         dataset_dir = str(ensure_demo_dataset(**dict(demo or {})))
         annotations_dir = annotations_dir or str(Path(dataset_dir) / "annotations")
     if not annotations_dir:
@@ -278,170 +228,3 @@ def _check_classes(
             where="config 'class_names'",
             fix=f"set class_names to {classes}",
         )
-
-
-def _config_from_argv(argv: Sequence[str]) -> dict | None:
-    """Re-read the config files named on a ``monai.bundle run`` command line, with its overrides."""
-    from monai.bundle import ConfigParser
-
-    files, overrides, k = None, {}, 0
-    skip = {"meta_file", "logging_file", "args_file", "tracking", "workflow_type"}
-    while k < len(argv):
-        arg = argv[k]
-        if arg.startswith("--"):
-            key, _, value = arg[2:].partition("=")
-            if not _ and k + 1 < len(argv):
-                value, k = argv[k + 1], k + 1
-            if key == "config_file":
-                files = value
-            elif key not in skip:
-                overrides[key.replace("#", "::")] = value
-        k += 1
-    if files is None:
-        return None
-    parser = ConfigParser()
-    parser.read_config(files.strip("[]").replace("'", "").replace('"', "").split(",") if "[" in files else files)
-    for key, value in overrides.items():
-        try:
-            parser[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parser[key] = value
-    return parser.get()
-
-
-def write_run_record(
-    output_dir: str | os.PathLike, experiment: Mapping | None = None, config: Any = None
-) -> Path:
-    """Write the config as run (files + command-line overrides), the data summary and versions.
-
-    Writes ``config_resolved.json`` and ``versions.json`` into ``output_dir`` (rank 0 only under
-    DDP). ``config`` defaults to the config files and overrides on this process's command line.
-    """
-    import monai
-    import numpy
-    import torch
-
-    if not _is_rank0():
-        return Path(output_dir)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "monai_emotion": __version__,
-        "monai": monai.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "argv": sys.argv,
-    }
-    if experiment is not None:
-        record["data"] = {k: v for k, v in experiment.items() if k not in ("train", "validate", "test")}
-        record["data"]["n_items"] = {k: len(experiment[k]) for k in ("train", "validate", "test")}
-    # atomic: a full disk or a kill never leaves half a record under the final name
-    atomic_write_text(out / "versions.json", json.dumps(record, indent=2, default=str) + "\n",
-                      MonaiEmotionError)
-    resolved = config if config is not None else _config_from_argv(sys.argv)
-    if resolved is not None:
-        atomic_write_text(out / "config_resolved.json",
-                          json.dumps(resolved, indent=2, default=str) + "\n", MonaiEmotionError)
-    return out
-
-
-def latest_checkpoint(resume: str, ckpt_dir: str | os.PathLike) -> str:
-    """``resume`` as a checkpoint path; ``"latest"`` picks the newest ``training_state*.pt``.
-
-    An empty ``resume`` returns ``""`` (the config's loader is disabled then).
-    """
-    if not resume:
-        return ""
-    if resume != "latest":
-        if not Path(resume).is_file():
-            raise ConfigError("checkpoint to resume from not found", resume,
-                              fix="pass a training_state_*.pt path, or --resume latest")
-        return str(resume)
-    from monai_emotion.checkpoints import checkpoint_epoch
-
-    # newest first by time: states of an older, longer training in the same folder may carry
-    # higher epochs; the epoch only breaks ties between files written within one clock tick
-    states = sorted(Path(ckpt_dir).glob("training_state*.pt"),
-                    key=lambda p: (p.stat().st_mtime_ns, checkpoint_epoch(p)))
-    if not states:
-        raise ConfigError("no training state to resume from", ckpt_dir,
-                          fix="train once first (training_state_*.pt is written every epoch)")
-    return str(states[-1])
-
-
-def attach_training_state(
-    trainer: Any, objects: Mapping[str, Any], ckpt_dir: str | os.PathLike, resume: str = ""
-) -> None:
-    """Save the full training state every epoch and, with ``resume``, load it before the run.
-
-    The trainer itself is part of the state (epoch, iteration), which a config cannot put in a
-    handler of its own (circular reference): the bundle calls this from its run list instead.
-    States are written atomically and the last two are kept, so a kill at any moment leaves a
-    complete one (ignite deletes the oldest before writing the next). The state to resume from
-    is read with ``weights_only=True`` and checked against the objects before training starts
-    (:class:`~monai_emotion.checkpoints.CheckpointLoader`). Only rank 0 writes under DDP.
-    """
-    import ignite.distributed as idist
-    from ignite.engine import Events
-    from ignite.handlers import Checkpoint
-
-    from monai_emotion.checkpoints import AtomicSaveHandler, CheckpointLoader
-
-    # ignite builds its process-group view lazily with a collective call: make every rank
-    # take part now, before only rank 0 creates the saver (which would otherwise hang)
-    idist.sync()
-    state = {**objects, "trainer": trainer}
-    if resume:
-        path = latest_checkpoint(resume, ckpt_dir)
-        CheckpointLoader(load_path=path, load_dict=state, map_location="cpu").attach(trainer)
-        print(f"resuming from {path}", flush=True)
-    if not _is_rank0():
-        return
-    saver = Checkpoint(state, AtomicSaveHandler(ckpt_dir), filename_prefix="training_state",
-                       score_function=lambda engine: engine.state.epoch, score_name="epoch",
-                       n_saved=2)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def print_summary(evaluator: Any, ckpt_dir: str | os.PathLike, title: str = "") -> None:
-    """Print the best validation score and the per-emotion report of the last evaluation."""
-
-    if not _is_rank0():
-        return
-    state = evaluator.state
-    name = getattr(evaluator, "key_metric_name", None) or next(iter(state.metrics), "")
-    details = (getattr(state, "metric_details", None) or {}).get(name)
-    if title:
-        print(f"\n{title} ({Path(ckpt_dir) / 'model.pt'})")
-    else:
-        print(f"\nbest {name}: {state.best_metric:.3f} at epoch {state.best_metric_epoch} "
-              f"-> {Path(ckpt_dir) / 'model.pt'}")
-    if isinstance(details, Mapping) and "recall" in details:
-        k = len(details["recall"])
-        print(f"{'results' if title else 'last validation'}: accuracy {details['accuracy']:.3f}, balanced accuracy "
-              f"{details['balanced_accuracy']:.3f}, macro F1 {details['macro_f1']:.3f} (chance {1 / k:.2f})")
-        print(f"{'emotion':<12}{'recall':>8}{'precision':>11}{'n':>6}")
-        for cls, recall in details["recall"].items():
-            precision = details["precision"][cls]
-            n = details.get("support", details.get("counts", {})).get(cls, "")
-            print(f"{cls:<12}{_fmt(recall):>8}{_fmt(precision):>11}{n!s:>6}")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"

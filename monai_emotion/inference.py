@@ -28,10 +28,10 @@ _ANY_LENGTH = (10**6,) * 99
 def save_data_config(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], space: str,
                      preprocessing: Mapping[str, Any] | None) -> Path:
     """Record what inference must repeat: space, preprocessing, classes and grid shape."""
-    from monai_emotion.experiment import _is_rank0
+    from monai_emotion.runtime import is_rank0
 
     path = Path(ckpt_dir) / _DATA_CONFIG
-    if not _is_rank0():
+    if not is_rank0():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
@@ -104,7 +104,7 @@ def prepare_inference(
         ``items`` (one per volume, label -1), ``classes``, ``spatial_shape``, ``cache_dir``.
     """
     from monai_emotion.data.cache import prepare_cache
-    from monai_emotion.experiment import user_cache_dir
+    from monai_emotion.runtime import user_cache_dir
 
     config = load_data_config(ckpt_dir)
     source = Path(inputs)

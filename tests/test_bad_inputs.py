@@ -34,10 +34,10 @@ from test_annotations import BAD_FILES, HEADER
 from test_cache import AFFINE, SHAPE, T, build, write_run
 
 from monai_emotion import cli
-from monai_emotion.checkpoints import CheckpointLoader
 from monai_emotion.data.annotations import Episode, write_observer_file
 from monai_emotion.data.cache import CacheIndex, attach_cache
 from monai_emotion.data.studyforrest import SEGMENT_STARTS, bold_path
+from monai_emotion.engine.checkpoints import CheckpointLoader
 from monai_emotion.errors import (
     AnnotationError,
     CacheError,
@@ -507,13 +507,24 @@ def test_command_line_prints_two_lines_and_exits_2(tmp_path: Path, capsys, monke
 
 
 _WRAPPED = """
-import monai_emotion
+import monai_emotion.runtime
 from monai_emotion.errors import {error}
+monai_emotion.runtime.install_clean_errors()  # a bundle config's first initialize step
 try:
     raise {error}("the thing is broken", {path!r}, fix="mend it")
 except Exception as exc:
     raise RuntimeError("Failed to instantiate component 'x'") from exc
 """
+
+
+def test_import_has_no_side_effects() -> None:
+    """``import monai_emotion`` leaves the host's excepthook and log-record factory alone."""
+    script = ("import sys, logging; hook, factory = sys.excepthook, logging.getLogRecordFactory(); "
+              "import monai_emotion, monai_emotion.experiment, monai_emotion.engine.handlers; "
+              "print(sys.excepthook is hook, logging.getLogRecordFactory() is factory)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=_clean_env())
+    assert proc.stdout.split() == ["True", "True"], proc.stderr
 
 
 @pytest.mark.parametrize("debug", [False, True])

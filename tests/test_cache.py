@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from monai_emotion.data import cache as cache_mod
-from monai_emotion.data import cache_build
 from monai_emotion.data.cache import CacheIndex, attach_cache, prepare_cache
+from monai_emotion.data.cache import build as cache_build
 from monai_emotion.data.studyforrest import bold_path
 from monai_emotion.errors import CacheError, DataError, ImageError
 
@@ -222,7 +222,8 @@ def test_sigkill_mid_write_never_publishes_and_next_call_rebuilds(
     script = textwrap.dedent(
         f"""
         import os, signal
-        from monai_emotion.data import cache as c, cache_build as b
+        from monai_emotion.data import cache as c
+        from monai_emotion.data.cache import build as b
         b._WRITE_CHUNK = 8
         real = b._write_frames
         n = [0]

@@ -110,7 +110,7 @@ def test_sigkill_after_epoch_2_then_resume_equals_uninterrupted(
 _SLOW_CACHE_BUILD = textwrap.dedent(
     """
     import sys, time
-    from monai_emotion.data import cache_build
+    from monai_emotion.data.cache import build as cache_build
     from monai_emotion.data.cache import prepare_cache
 
     write = cache_build._write_frames
@@ -211,7 +211,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_old_one(tmp_path: Path) -
     script = _CLEAN + textwrap.dedent(
         """
         import sys, torch
-        from monai_emotion.checkpoints import save_checkpoint
+        from monai_emotion.engine.checkpoints import save_checkpoint
         run_with_clean_errors(lambda: save_checkpoint({"w": torch.zeros(100_000)}, sys.argv[1]), [])
         """
     )

@@ -20,13 +20,13 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from monai_emotion.errors import ConfigError, DataError
-from monai_emotion.handlers import (
+from monai_emotion.engine.handlers import (
     ClassificationMetric,
     ClassificationTensorBoardHandler,
     MetricsJSONWriter,
     subjects_from_batch,
 )
+from monai_emotion.errors import ConfigError, DataError
 from monai_emotion.metrics import classification_report_from_confusion, confusion_from_labels
 
 K = 5

@@ -43,7 +43,7 @@ def test_every_checkpoint_read_in_the_package_is_weights_only() -> None:
                 unsafe.append(f"{path.relative_to(PACKAGE)}:{call.lineno} np.load(allow_pickle=...)")
         unsafe += [f"{path.relative_to(PACKAGE)}:{call.lineno} pickle.{name}"
                    for name in ("load", "loads") for call in _calls(tree, "pickle", name)]
-    assert loads >= 1, "the scan should see monai_emotion.checkpoints' torch.load"
+    assert loads >= 1, "the scan should see monai_emotion.engine.checkpoints' torch.load"
     assert unsafe == []
 
 
@@ -58,8 +58,8 @@ def _targets(node: object) -> list[str]:
 
 def test_bundle_configs_load_and_save_checkpoints_through_the_package() -> None:
     targets = [t for path in sorted(CONFIGS.glob("*.json")) for t in _targets(json.loads(path.read_text()))]
-    assert "monai_emotion.checkpoints.CheckpointLoader" in targets
-    assert "monai_emotion.checkpoints.BestModelSaver" in targets
+    assert "monai_emotion.engine.checkpoints.CheckpointLoader" in targets
+    assert "monai_emotion.engine.checkpoints.BestModelSaver" in targets
     # MONAI's own loader gives no clear errors; its saver writes in place (partial files on a kill)
     assert not {"CheckpointLoader", "CheckpointSaver", "monai.handlers.CheckpointSaver"} & set(targets)
 

@@ -14,7 +14,7 @@ from monai_emotion.data.annotations import read_observer_file
 from monai_emotion.data.labels import CLASSES, class_by_run_table, derive_labels, label_volumes
 from monai_emotion.data.studyforrest import bold_path, discover_runs
 from monai_emotion.data.synthetic import make_synthetic, oracle_decode
-from monai_emotion.data.synthetic_timeline import plan_timeline, simulate_observers
+from monai_emotion.data.synthetic.timeline import plan_timeline, simulate_observers
 from monai_emotion.errors import ConfigError, LayoutError
 
 TINY = dict(scale=6, volumes_per_run=40, progress=False)

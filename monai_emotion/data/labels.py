@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from monai_emotion.data.annotations import EMOTION_TOKENS, Episode, read_observers
-from monai_emotion.data.cache_io import atomic_write_text
 from monai_emotion.data.studyforrest import SEGMENT_STARTS, TR, VOLUMES_PER_RUN, volume_movie_times
 from monai_emotion.errors import AnnotationError, ConfigError, MonaiEmotionError
+from monai_emotion.fileio import atomic_write_text
 
 __all__ = [
     "CLASSES",

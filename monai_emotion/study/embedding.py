@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_emotion.checkpoints import load_checkpoint
+from monai_emotion.engine.checkpoints import load_checkpoint
 from monai_emotion.study.bundle import (
     bundle_experiment,
     model_overrides,

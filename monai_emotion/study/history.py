@@ -2,7 +2,7 @@
 
 The bundle's train handlers log ``train_accuracy`` (key train metric) and ``train_loss``; the
 validation handlers ``val_accuracy``, ``val_balanced_accuracy``, ``val_macro_f1`` and the
-``val/...`` family of :class:`~monai_emotion.handlers.ClassificationTensorBoardHandler`.
+``val/...`` family of :class:`~monai_emotion.engine.handlers.ClassificationTensorBoardHandler`.
 Several writers share one folder, so every event file is read and their scalars merged.
 """
 

@@ -20,12 +20,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import monai_emotion
-from monai_emotion.data import cache_clean as clean
-from monai_emotion.data import cache_io as cio
+from monai_emotion import fileio
+from monai_emotion.data.cache import clean, store, stream
 from monai_emotion.data.studyforrest import Discovery, RunInfo
-from monai_emotion.errors import ConfigError, ImageError
+from monai_emotion.errors import CacheError, ConfigError, ImageError
 
-CACHE_FORMAT_VERSION = cio.CACHE_FORMAT_VERSION
+CACHE_FORMAT_VERSION = store.CACHE_FORMAT_VERSION
 _READ_CHUNK = 16  # volumes per read: ~70 MB at full geometry, small next to one run
 _WRITE_CHUNK = 32
 
@@ -84,7 +84,7 @@ def _sha(data: Any) -> str:
 
 
 def _stat_key(path: str) -> dict[str, Any]:
-    st = cio.source_stat(path)
+    st = fileio.source_stat(path)
     return {"realpath": st["realpath"], "size": st["size"], "mtime_ns": st["mtime_ns"]}
 
 
@@ -116,7 +116,7 @@ class RunBuilder:
         common = {k: p[k] for k in ("mask_volumes", "mask_options", "nonfinite")}
         if user_mask is not None:
             return MaskPlan(
-                "user_mask", _sha({"user": cio.file_sha256(user_mask)}), [info], user_mask
+                "user_mask", _sha({"user": fileio.file_sha256(user_mask)}), [info], user_mask
             )
         if p["mask_strategy"] == "subject":
             runs = discovery_all.by_subject()[info.subject]
@@ -136,11 +136,11 @@ class RunBuilder:
             return self._mask_memo[plan.name]
         nii = self.masks_dir / f"{plan.name}.nii.gz"
         meta_path = self.masks_dir / f"{plan.name}.json"
-        meta = cio.read_json(meta_path)
+        meta = fileio.read_json(meta_path)
         if meta is not None and meta.get("key") == plan.key and nii.is_file():
             img = nib.load(str(nii))
             mask = np.asarray(img.dataobj).astype(bool)
-            if cio.array_sha256(mask) == meta.get("sha256"):
+            if fileio.array_sha256(mask) == meta.get("sha256"):
                 result = (mask, np.asarray(img.affine), str(nii), meta["sha256"])
                 self._mask_memo[plan.name] = result
                 return result
@@ -152,7 +152,7 @@ class RunBuilder:
             info.update(
                 strategy="user",
                 source=os.path.abspath(plan.user_path),
-                source_sha256=cio.file_sha256(plan.user_path),
+                source_sha256=fileio.file_sha256(plan.user_path),
             )
         else:
             mask = self._computed_mask(plan, affine)
@@ -162,7 +162,7 @@ class RunBuilder:
         import nilearn
 
         info.update(
-            sha256=cio.array_sha256(mask),
+            sha256=fileio.array_sha256(mask),
             n_voxels=int(mask.sum()),
             nilearn_version=nilearn.__version__,
         )
@@ -184,8 +184,8 @@ class RunBuilder:
             return
         nii, data, meta_path, info = pending
         self.masks_dir.mkdir(parents=True, exist_ok=True)
-        cio.atomic_write_bytes(nii, data)
-        cio.atomic_write_text(meta_path, cio.dumps(info))
+        fileio.atomic_write_bytes(nii, data, CacheError)
+        fileio.atomic_write_text(meta_path, fileio.dumps(info), CacheError)
 
     def _computed_mask(self, plan: MaskPlan, affine: np.ndarray) -> np.ndarray:
         p = self.params
@@ -207,7 +207,7 @@ class RunBuilder:
             leave=False,
         )
         for info in bar:
-            reader = cio.SourceReader(info.path, p["nonfinite"])
+            reader = stream.SourceReader(info.path, p["nonfinite"])
             total = np.zeros(reader.shape, dtype=np.float64)
             n = 0
             for _t0, vols in reader.chunks(_READ_CHUNK, stop=p["mask_volumes"]):
@@ -239,10 +239,10 @@ class RunBuilder:
     def status(self, info: RunInfo, fingerprint: dict[str, Any]) -> str | None:
         """``None`` when the cached run is reusable, else why it must be (re)built."""
         sidecar = self.out / f"{run_stem(info.subject, info.run)}.json"
-        meta = cio.read_json(sidecar)
+        meta = fileio.read_json(sidecar)
         if meta is None:
             return "not cached"
-        cio.check_format_version(meta, sidecar, allow_older=True)
+        store.check_format_version(meta, sidecar, allow_older=True)
         if meta.get("format_version") != CACHE_FORMAT_VERSION:
             return f"cache format {meta.get('format_version')} -> {CACHE_FORMAT_VERSION}"
         old = meta.get("fingerprint", {})
@@ -269,15 +269,15 @@ class RunBuilder:
         # the old sidecar goes first: from here on nothing under the final names is trusted
         if sidecar.exists():
             sidecar.unlink()
-            cio.fsync_dir(self.out)
-        cio.remove_stale_temporaries(npy)
-        cio.remove_stale_temporaries(sidecar)
+            fileio.fsync_dir(self.out)
+        fileio.remove_stale_temporaries(npy)
+        fileio.remove_stale_temporaries(sidecar)
 
         src_mask, mask_affine, mask_path, mask_sha = self.mask(plan)
         check_same_grid(info.path, info.affine, mask_path, mask_affine)
         factor = downsample_factors(p["downsample"], p["target_voxel_mm"], info.zooms)
         grid = clean.make_grid(src_mask, np.asarray(info.affine), margin=p["margin"], factor=factor)
-        reader = cio.SourceReader(info.path, p["nonfinite"])
+        reader = stream.SourceReader(info.path, p["nonfinite"])
         if reader.shape != src_mask.shape:
             raise ImageError(
                 f"run grid {reader.shape} differs from the mask grid {src_mask.shape} ({mask_path})",
@@ -348,7 +348,7 @@ class RunBuilder:
         bar.set_postfix_str("writing")
         import torch  # its float32 -> float16 cast is several times faster than numpy's
 
-        with cio.AtomicNpyWriter(npy, (n_t, *grid.shape), np.float16) as writer:
+        with store.AtomicNpyWriter(npy, (n_t, *grid.shape), np.float16) as writer:
             frames = np.zeros((_WRITE_CHUNK, *grid.shape), dtype=np.float16)
             flat_frames = frames.reshape(_WRITE_CHUNK, -1)
             half = np.empty((_WRITE_CHUNK, flat_mask.size), dtype=np.float16)
@@ -377,7 +377,7 @@ class RunBuilder:
             "voxel_mm": zooms,
             "tr": info.tr,
             "source": {
-                **cio.source_stat(info.path),
+                **fileio.source_stat(info.path),
                 "shape": list(reader.shape),
                 "affine": np.asarray(info.affine).tolist(),
             },
@@ -403,9 +403,9 @@ class RunBuilder:
             "build_seconds": round(time.perf_counter() - started, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        cio.atomic_write_text(sidecar, cio.dumps(meta))
+        fileio.atomic_write_text(sidecar, fileio.dumps(meta), CacheError)
 
 
-def _write_frames(writer: cio.AtomicNpyWriter, frames: np.ndarray) -> None:
+def _write_frames(writer: store.AtomicNpyWriter, frames: np.ndarray) -> None:
     # one function so tests can inject a crash in the middle of writing a run
     writer.write(frames)

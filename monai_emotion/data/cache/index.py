@@ -47,8 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from monai_emotion.data import cache_io as cio
-from monai_emotion.data.cache_build import RunBuilder, downsample_factors, run_stem
+from monai_emotion import fileio
+from monai_emotion.data.cache import store
+from monai_emotion.data.cache.build import RunBuilder, downsample_factors, run_stem
 from monai_emotion.data.studyforrest import RunInfo, discover_runs, normalize_subject
 from monai_emotion.errors import CacheError, ConfigError, DataError
 
@@ -61,7 +62,7 @@ __all__ = [
     "prepare_cache",
 ]
 
-CACHE_FORMAT_VERSION = cio.CACHE_FORMAT_VERSION
+CACHE_FORMAT_VERSION = store.CACHE_FORMAT_VERSION
 _POLL_SECONDS = 5.0
 
 
@@ -201,12 +202,12 @@ class CacheIndex(Mapping):
         found: list[CachedRun] = []
         first_params: tuple[Path, dict] | None = None
         for sidecar in sorted(root.glob("sub-*_run-*.json")):
-            meta = cio.read_json(sidecar)
+            meta = fileio.read_json(sidecar)
             if meta is None or "subject" not in meta:
                 raise CacheError(
                     "unreadable cache sidecar", sidecar, fix="rerun prepare_cache on this folder"
                 )
-            cio.check_format_version(meta, sidecar, allow_older=False)
+            store.check_format_version(meta, sidecar, allow_older=False)
             if want_subjects is not None and meta["subject"] not in want_subjects:
                 continue
             if want_runs is not None and int(meta["run"]) not in want_runs:
@@ -446,7 +447,7 @@ def prepare_cache(
     entries = []
     for info in selected if (wait or world == 1) else mine:
         sidecar = out / f"{run_stem(info.subject, info.run)}.json"
-        meta = cio.read_json(sidecar)
+        meta = fileio.read_json(sidecar)
         if meta is None:
             raise CacheError("sidecar vanished while indexing", sidecar, fix="rerun prepare_cache")
         entry = CachedRun.from_sidecar(sidecar, meta)
@@ -457,8 +458,8 @@ def prepare_cache(
     summary.bytes_on_disk = sum(os.path.getsize(e.path) for e in entries)
     summary.seconds = round(time.perf_counter() - started, 3)
     if rank == 0:
-        cio.atomic_write_text(
-            out / "cache_summary.json", cio.dumps({**summary.to_dict(), "params": params})
+        fileio.atomic_write_text(
+            out / "cache_summary.json", fileio.dumps({**summary.to_dict(), "params": params}), CacheError
         )
     if progress:
         print(summary, flush=True)

@@ -22,8 +22,6 @@ import numpy as np
 import pandas as pd
 
 from monai_emotion import __version__
-from monai_emotion.data import synthetic_bold as sb
-from monai_emotion.data import synthetic_timeline as st
 from monai_emotion.data.annotations import find_observer_files
 from monai_emotion.data.labels import CLASSES
 from monai_emotion.data.studyforrest import (
@@ -36,7 +34,9 @@ from monai_emotion.data.studyforrest import (
     bold_path,
     normalize_subject,
 )
-from monai_emotion.data.synthetic_oracle import OracleScorer, oracle_decode
+from monai_emotion.data.synthetic import bold as sb
+from monai_emotion.data.synthetic import timeline as st
+from monai_emotion.data.synthetic.oracle import OracleScorer, oracle_decode
 from monai_emotion.errors import ConfigError, LayoutError
 
 __all__ = ["make_synthetic", "oracle_decode", "DEFAULT_CLASS_STRENGTH", "DEFAULT_CLASS_SHARED"]

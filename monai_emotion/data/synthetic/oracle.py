@@ -16,7 +16,7 @@ import pandas as pd
 
 from monai_emotion.data.labels import CLASSES, derive_labels
 from monai_emotion.data.studyforrest import SEGMENT_STARTS, TR, discover_runs, normalize_subject
-from monai_emotion.data.synthetic_timeline import Timeline
+from monai_emotion.data.synthetic.timeline import Timeline
 from monai_emotion.errors import ConfigError, LayoutError
 
 __all__ = ["oracle_decode", "OracleScorer"]

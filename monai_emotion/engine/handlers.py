@@ -236,7 +236,7 @@ class _ReportHandler:
             raise ConfigError(
                 f"no ClassificationMetric details named {self.metric_name!r} (have {sorted(details)})",
                 where=type(self).__name__,
-                fix="attach a monai_emotion.handlers.ClassificationMetric under this name in "
+                fix="attach a monai_emotion.engine.handlers.ClassificationMetric under this name in "
                 "key_val_metric/additional_metrics (names must match exactly)",
             )
         self.write(engine, details[self.metric_name])

@@ -38,7 +38,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from torch import nn
 
-from monai_emotion.data import cache_io as cio
+from monai_emotion import fileio
 from monai_emotion.errors import CheckpointError, write_error
 
 __all__ = [
@@ -200,8 +200,8 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cio.remove_stale_temporaries(path)
-    tmp = cio.temporary_name(path)
+    fileio.remove_stale_temporaries(path)
+    tmp = fileio.temporary_name(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
@@ -214,7 +214,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
         if isinstance(exc, Exception) and (error := write_error(exc, path, CheckpointError)):
             raise error from exc
         raise
-    cio.fsync_dir(path.parent)
+    fileio.fsync_dir(path.parent)
     return path
 
 
@@ -323,7 +323,7 @@ class BestModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _restore(self, engine: Engine) -> None:
-        record = cio.read_json(self.record)
+        record = fileio.read_json(self.record)
         if not record or record.get("metric_name") != self.metric_name or not self.path.is_file():
             return
         self.best, self.best_epoch = float(record["value"]), int(record["epoch"])
@@ -344,4 +344,4 @@ class BestModelSaver:
         save_checkpoint(_unwrap(self.network).state_dict(), self.path)
         record = {"metric_name": self.metric_name, "value": self.best, "epoch": self.best_epoch,
                   "file": self.path.name}
-        cio.atomic_write_text(self.record, json.dumps(record, indent=2) + "\n", CheckpointError)
+        fileio.atomic_write_text(self.record, json.dumps(record, indent=2) + "\n", CheckpointError)
