@@ -14,15 +14,17 @@ from pathlib import Path
 
 import fire
 
+from monai_emotion.data.cache.spec import PreprocessingSpec
+from monai_emotion.data.labels import DEFAULT_RULE
 from monai_emotion.errors import DEBUG_ENV, format_user_error
 from monai_emotion.runtime import install_clean_errors
 
 
 def labels(
     annotations: str,
-    observers: str = "av",
-    threshold: float = 0.5,
-    lag: float = 4.0,
+    observers: str = DEFAULT_RULE.observers,
+    threshold: float = DEFAULT_RULE.threshold,
+    lag: float = DEFAULT_RULE.lag,
     out: str | None = None,
     emotion_map: str | None = None,
 ) -> None:
@@ -70,9 +72,9 @@ def datalist(
     annotations: str,
     out: str,
     space: str = "nonlinear",
-    observers: str = "av",
-    threshold: float = 0.5,
-    lag: float = 4.0,
+    observers: str = DEFAULT_RULE.observers,
+    threshold: float = DEFAULT_RULE.threshold,
+    lag: float = DEFAULT_RULE.lag,
     subjects: str | list | None = None,
     keep_all: bool = False,
 ) -> None:
@@ -130,35 +132,40 @@ def make_synthetic(
 
 def prepare(
     bids: str,
-    out: str,
+    out: str | None = None,
     space: str = "nonlinear",
     subjects: str | list | None = None,
     runs: str | list | None = None,
-    downsample: int = 1,
+    downsample: int = PreprocessingSpec.downsample,
     mask: str | None = None,
-    mask_strategy: str = "subject",
+    mask_strategy: str = PreprocessingSpec.mask_strategy,
     high_pass: float | None = None,
     confounds: str | None = None,
 ) -> None:
     """Preprocess runs into the float16 frame cache (mask, crop, downsample, detrend, z-score).
 
+    With the defaults the cache lands where the bundle looks for it, so training on the same
+    dataset with the same preprocessing reuses it.
+
     Parameters
     ----------
     bids: BIDS root of ds000113 (never written to)
-    out: cache folder (reused when the parameters and sources are unchanged)
+    out: cache folder (default: the bundle's own cache folder for this dataset and preprocessing)
     space: raw, dico, nonlinear, linear, or a glob
     subjects, runs: restrict to these
     downsample: integer block-average factor
     mask: a mask NIfTI on the runs' grid (default: computed from the data)
-    mask_strategy: "subject" (one grid per subject) or "group" (one grid for all subjects)
+    mask_strategy: "group" (one grid for all subjects) or "subject" (one grid per subject)
     high_pass: cut-off in Hz for cosine drift regressors
     confounds: "motion" to regress motion parameters when the files exist
     """
     from monai_emotion.data.cache import prepare_cache
+    from monai_emotion.experiment import default_cache_dir
 
-    prepare_cache(bids, out, space=space, subjects=_as_list(subjects), runs=_as_list(runs),
-                  downsample=downsample, mask=mask, mask_strategy=mask_strategy,
-                  high_pass=high_pass, confounds=confounds, progress=True)
+    spec = PreprocessingSpec(downsample=downsample, mask=mask, mask_strategy=mask_strategy,
+                             high_pass=high_pass, confounds=confounds)
+    out = out or str(default_cache_dir(bids, space, spec))
+    prepare_cache(bids, out, spec, space=space, subjects=_as_list(subjects), runs=_as_list(runs), progress=True)
 
 
 def _as_list(value: str | list | tuple | None) -> list | None:

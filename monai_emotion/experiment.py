@@ -8,15 +8,15 @@ user cache folder, so the bundle trains out of the box.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_emotion.data.cache.spec import PreprocessingSpec
 from monai_emotion.data.datalist import class_counts, make_datalist
-from monai_emotion.data.labels import circular_shift_labels, derive_labels
+from monai_emotion.data.labels import LabelRule, circular_shift_labels
 from monai_emotion.data.splits import (
     leaky_random_split,
     split_by_runs,
@@ -33,7 +33,7 @@ from monai_emotion.data.synthetic.demo import ensure_demo_dataset
 from monai_emotion.errors import ConfigError, LayoutError
 from monai_emotion.runtime import barrier, is_rank0, user_cache_dir
 
-__all__ = ["make_splits", "prepare_experiment"]
+__all__ = ["DATA_KEYS", "check_data_keys", "default_cache_dir", "make_splits", "prepare_experiment"]
 
 #: names configs written for monai-emotion 0.1.0 reach through this module; they live elsewhere now
 _MOVED = {
@@ -93,6 +93,28 @@ def make_splits(items: Sequence[dict], split: Mapping[str, Any]) -> dict[str, li
     raise ConfigError(f"unknown split kind '{kind}'", fix="use 'runs', 'subjects' or 'leaky_random'")
 
 
+#: the keys of a bundle config's ``data`` section (anything else is a typo or a moved key)
+DATA_KEYS = ("space", "subjects", "runs", "labels", "preprocessing", "split", "demo",
+             "label_permutation", "cache_shard")
+_MOVED_KEYS = {"observers": "data#labels#observers", "threshold": "data#labels#threshold",
+               "lag": "data#labels#lag", "preprocessing#shard": "data#cache_shard"}
+
+
+def check_data_keys(keys: Sequence[str]) -> None:
+    """Refuse unknown keys in a config's ``data`` section (an override would be silently ignored)."""
+    unknown = [k for k in keys if k not in DATA_KEYS]
+    if unknown:
+        moved = [f"data#{k} is now {_MOVED_KEYS[k]}" for k in unknown if k in _MOVED_KEYS]
+        raise ConfigError(f"unknown key(s) {['data#' + k for k in unknown]} in the config's data section",
+                          where="config 'data'",
+                          fix="; ".join(moved) or f"use only {['data#' + k for k in DATA_KEYS]}")
+
+
+def default_cache_dir(dataset_dir: str | os.PathLike, space: str, spec: PreprocessingSpec) -> Path:
+    """The user-cache folder for one dataset, space and preprocessing (never inside the dataset)."""
+    return user_cache_dir() / "cache" / f"{Path(dataset_dir).name}-{spec.digest(str(Path(dataset_dir).resolve()), space)}"
+
+
 def prepare_experiment(
     dataset_dir: str | None = None,
     annotations_dir: str | None = None,
@@ -100,32 +122,49 @@ def prepare_experiment(
     space: str = "nonlinear",
     subjects: Sequence[str | int] | None = None,
     runs: Sequence[int] | None = None,
-    observers: str = "av",
-    threshold: float = 0.5,
-    lag: float = 4.0,
-    preprocessing: Mapping[str, Any] | None = None,
+    labels: LabelRule | Mapping[str, Any] | None = None,
+    preprocessing: PreprocessingSpec | Mapping[str, Any] | None = None,
     split: Mapping[str, Any] | None = None,
     demo: Mapping[str, Any] | None = None,
     label_permutation: int | None = None,
+    cache_shard: Sequence[int] | None = None,
     progress: bool = True,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    data_keys: Sequence[str] | None = None,
+    **label_overrides: Any,
 ) -> dict[str, Any]:
     """Everything a bundle needs about the data, as one dict.
 
-    Checks run before anything is cached: explicitly listed ``subjects`` and ``runs`` must
-    exist, and the config's ``num_classes`` / ``class_names`` (when given) must be the
-    labels' classes, in order (a network with other outputs would train on shifted labels).
+    Checks run before anything is cached: ``data_keys`` (the config's ``data`` section) must
+    be known, explicitly listed ``subjects`` and ``runs`` must exist, and the config's
+    ``num_classes`` / ``class_names`` (when given) must be the labels' classes, in order (a
+    network with other outputs would train on shifted labels).
+
+    Parameters
+    ----------
+    labels
+        The label rule (:class:`~monai_emotion.data.labels.LabelRule` or its dict); its
+        fields may also be given as keywords (``lag=0``), which override it.
+    preprocessing
+        The :class:`~monai_emotion.data.cache.spec.PreprocessingSpec` (or its dict).
+    cache_shard
+        ``(rank, world_size)`` under DDP: each rank caches its share of the runs.
 
     Returns
     -------
     dict
         ``train``, ``validate``, ``test`` (item lists pointing at cached runs), ``classes``,
         ``spatial_shape`` of the cached grid, ``counts`` per split, ``dataset_dir``,
-        ``annotations_dir``, ``cache_dir``, ``problems`` (missing/short runs).
+        ``annotations_dir``, ``cache_dir``, ``problems`` (missing/short runs), ``space``,
+        ``label_rule`` and ``preprocessing`` (the typed specs as used).
     """
     from monai_emotion.data.cache import attach_cache, prepare_cache
 
+    if data_keys is not None:
+        check_data_keys(data_keys)
+    rule = LabelRule.from_dict(labels, **label_overrides)
+    spec = PreprocessingSpec.from_dict(preprocessing)
     if not dataset_dir:
         # under DDP one rank generates the demo data while the others wait for it
         if is_rank0():
@@ -138,31 +177,26 @@ def prepare_experiment(
                           fix="pass --annotations_dir /path/to/studyforrest-data-annotations")
     if not Path(dataset_dir).is_dir():
         raise LayoutError("dataset_dir not found", dataset_dir, fix="pass the BIDS root of ds000113")
-    if not cache_dir:
-        # never inside the dataset (inputs stay untouched); one folder per dataset and parameter set
-        params = {k: v for k, v in dict(preprocessing or {}).items() if k != "shard"}
-        key = json.dumps([str(Path(dataset_dir).resolve()), space, params], sort_keys=True)
-        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-        cache_dir = str(user_cache_dir() / "cache" / f"{Path(dataset_dir).name}-{digest}")
+    cache_dir = str(cache_dir or default_cache_dir(dataset_dir, space, spec))
     found = discover_runs(dataset_dir, space, subjects, runs)
     _check_selection(found, dataset_dir, space, subjects, runs)
     for problem in found.problems[:4]:
         print(f"! {problem}", flush=True)
     if len(found.problems) > 4:
         print(f"! ... and {len(found.problems) - 4} more (listed in versions.json, data.problems)", flush=True)
-    labels = derive_labels(annotations_dir, observers, threshold, lag)
-    _check_classes(labels, num_classes, class_names)
+    table = rule.derive(annotations_dir)
+    _check_classes(table, num_classes, class_names)
     if label_permutation is not None:
         # null model for chance levels: labels rotated within runs, the BOLD untouched
-        labels = circular_shift_labels(labels, int(label_permutation))
-    datalist = make_datalist(found, labels)
+        table = circular_shift_labels(table, int(label_permutation))
+    datalist = make_datalist(found, table)
     # split before caching: a split that cannot work fails in seconds, not after hours
     parts = make_splits(datalist["items"],
                         split or {"kind": "runs", "validate_runs": [7], "test_runs": [8]})
     if not parts["train"]:
         raise ConfigError("the split leaves no training items", fix="hold out fewer runs or subjects")
-    index = prepare_cache(dataset_dir, cache_dir, space=space, subjects=found.subjects,
-                          runs=runs, progress=progress, **dict(preprocessing or {}))
+    index = prepare_cache(dataset_dir, cache_dir, spec, space=space, subjects=found.subjects, runs=runs,
+                          shard=tuple(cache_shard) if cache_shard else None, progress=progress)
     parts = {name: attach_cache(part, index) for name, part in parts.items()}
     first = parts["train"][0]
     shape = index[first["subject"], first["run"]].shape[1:]
@@ -175,6 +209,9 @@ def prepare_experiment(
         "annotations_dir": str(annotations_dir),
         "cache_dir": str(cache_dir),
         "problems": list(found.problems),
+        "space": space,
+        "label_rule": rule,
+        "preprocessing": spec,
     }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "file_sha256",
     "array_sha256",
     "json_digest",
+    "jsonable",
     "load_json",
     "read_json",
     "remove_stale_temporaries",
@@ -164,18 +165,27 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` default: typed specs by their ``to_dict``, paths and numpy scalars as text."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
 def atomic_write_json(
     path: str | os.PathLike, data: Any, error: type[MonaiEmotionError] = MonaiEmotionError,
     indent: int = 2,
 ) -> Path:
     """Write ``data`` as JSON (``default=str`` for paths and numpy scalars), atomically."""
-    atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n", error)
+    atomic_write_text(path, json.dumps(data, indent=indent, default=jsonable) + "\n", error)
     return Path(path)
 
 
 def json_digest(data: Any, length: int = 10) -> str:
     """A short, stable digest of JSON-able ``data`` (key order does not matter)."""
-    text = json.dumps(data, sort_keys=True, default=str)
+    text = json.dumps(data, sort_keys=True, default=jsonable)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
 
 

@@ -25,9 +25,9 @@ _ENTITY = re.compile(r"sub-([A-Za-z0-9]+).*?run-0*(\d+)")
 _ANY_LENGTH = (10**6,) * 99
 
 
-def save_data_config(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], space: str,
-                     preprocessing: Mapping[str, Any] | None) -> Path:
+def save_data_config(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any]) -> Path:
     """Record what inference must repeat: space, preprocessing, classes and grid shape."""
+    from monai_emotion.fileio import atomic_write_json
     from monai_emotion.runtime import is_rank0
 
     path = Path(ckpt_dir) / _DATA_CONFIG
@@ -35,15 +35,12 @@ def save_data_config(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any],
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
-        "space": space,
-        "preprocessing": {k: v for k, v in dict(preprocessing or {}).items() if k != "shard"},
+        "space": experiment["space"],
+        "preprocessing": experiment["preprocessing"].to_dict(),
         "classes": list(experiment["classes"]),
         "spatial_shape": list(experiment["spatial_shape"]),
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, config)
 
 
 def load_data_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:

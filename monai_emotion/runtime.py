@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_emotion import __version__
-from monai_emotion.errors import MonaiEmotionError
-from monai_emotion.fileio import atomic_write_text
+from monai_emotion.fileio import atomic_write_json
 
 __all__ = [
     "bundle_root",
@@ -119,12 +118,10 @@ def write_run_record(
         record["data"] = {k: v for k, v in experiment.items() if k not in ("train", "validate", "test")}
         record["data"]["n_items"] = {k: len(experiment[k]) for k in ("train", "validate", "test")}
     # atomic: a full disk or a kill never leaves half a record under the final name
-    atomic_write_text(out / "versions.json", json.dumps(record, indent=2, default=str) + "\n",
-                      MonaiEmotionError)
+    atomic_write_json(out / "versions.json", record)
     resolved = config if config is not None else config_from_argv(sys.argv)
     if resolved is not None:
-        atomic_write_text(out / "config_resolved.json",
-                          json.dumps(resolved, indent=2, default=str) + "\n", MonaiEmotionError)
+        atomic_write_json(out / "config_resolved.json", resolved)
     return out
 
 

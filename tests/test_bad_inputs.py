@@ -50,7 +50,8 @@ from monai_emotion.errors import (
     find_user_error,
     format_user_error,
 )
-from monai_emotion.experiment import attach_training_state, prepare_experiment
+from monai_emotion.engine.resume import attach_training_state
+from monai_emotion.experiment import prepare_experiment
 from monai_emotion.networks import EmotionCNN3D
 
 

@@ -66,6 +66,9 @@ def bids(tmp_path: Path) -> Path:
 def build(bids: Path, out: Path, **kw) -> CacheIndex:
     kw.setdefault("mask_options", MASK_OPTS)
     kw.setdefault("mask_volumes", 10)
+    # the checks below were written for full-resolution, per-subject grids
+    kw.setdefault("downsample", 1)
+    kw.setdefault("mask_strategy", "subject")
     kw.setdefault("progress", False)
     return prepare_cache(bids, out, **kw)
 
@@ -233,7 +236,7 @@ def test_sigkill_mid_write_never_publishes_and_next_call_rebuilds(
                 os.kill(os.getpid(), signal.SIGKILL)
             real(writer, frames)
         b._write_frames = die
-        c.prepare_cache({str(bids)!r}, {str(out)!r}, runs=[1], mask_volumes=10,
+        c.prepare_cache({str(bids)!r}, {str(out)!r}, runs=[1], mask_volumes=10, downsample=1,
                         mask_options={{"opening": 1}}, progress=False)
         """
     )

@@ -44,7 +44,7 @@ def cached(tmp_path_factory) -> tuple[Path, object, list[dict]]:
     paths = [write_run(root, "01", run, seed=run) for run in (1, 2)]
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     index = prepare_cache(
-        root, tmp / "cache", mask_volumes=10, mask_options={"opening": 1}, progress=False
+        root, tmp / "cache", mask_volumes=10, mask_options={"opening": 1}, downsample=1, progress=False
     )
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths] == hashes
     rng = np.random.default_rng(0)

@@ -190,7 +190,7 @@ def test_full_disk_while_caching_is_a_clear_error_with_no_partial_file(
         """
         import sys
         from monai_emotion.data.cache import prepare_cache
-        run_with_clean_errors(lambda: prepare_cache(sys.argv[1], sys.argv[2], progress=False), [])
+        run_with_clean_errors(lambda: prepare_cache(sys.argv[1], sys.argv[2], downsample=1, progress=False), [])
         """
     )
     before = file_hashes(data)

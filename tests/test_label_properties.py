@@ -1,4 +1,4 @@
-"""Properties of the per-volume label rule (DOMAIN.md section 3) on random observer episodes.
+"""Properties of the per-volume label rule (docs/domain.md, "The label rule") on random observer episodes.
 
 Times are multiples of 0.25 s so that shifting by 2 s is exact in floating point: the
 properties are about the rule, not about rounding at an episode's edge.

@@ -41,7 +41,7 @@ def test_flatten_head_full_size_is_the_papers_139_5_m():
         net = EmotionCNN3D()
     assert net.feature_shape == (64, 33, 43, 12)
     assert count_parameters(net.hidden) == 64 * 33 * 43 * 12 * 128 + 128 == 139_493_504
-    assert round(count_parameters(net) / 1e6, 1) == 139.6  # DOMAIN.md: 139.6 M in total
+    assert round(count_parameters(net) / 1e6, 1) == 139.6  # docs/domain.md: 139.6 M in total
     # "valid" padding could not have produced the paper's number
     assert encoder_output_shape((132, 175, 48), padding="valid") == (64, 29, 40, 8)
 

@@ -1,4 +1,4 @@
-"""Per-volume emotion labels from raw observer annotations (the rule of DOMAIN.md, section 3).
+"""Per-volume emotion labels from raw observer annotations (the rule of docs/domain.md, "The label rule").
 
 Volume ``i`` of run ``r`` was acquired over movie seconds ``[start[r] + 2i, start[r] + 2i + 2)``;
 its label time is the middle of that window minus the hemodynamic lag. Each observer casts
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from monai_emotion.fileio import atomic_write_text
 
 __all__ = [
     "CLASSES",
+    "LabelRule",
     "NONE",
     "TIE",
     "EmotionMap",
@@ -52,6 +53,68 @@ class EmotionMap:
 
     def classes_of(self, tokens: Sequence[str]) -> set[str]:
         return {c for t in tokens if (c := self.mapping.get(t)) is not None}
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """The label rule's parameters as one typed value: every default is written here.
+
+    Parameters
+    ----------
+    observers
+        ``"av"`` (the 9 audio-visual observers), ``"ao"`` (3 audio-only), ``"all"``, or files.
+    threshold
+        Fraction of observers whose votes a class needs (0.5: 5 of 9 AV, 2 of 3 AO).
+    lag
+        Hemodynamic lag in seconds subtracted from the volume's mid time (0: none).
+    emotion_map
+        A token -> class table (JSON, see :func:`load_emotion_map`); ``None``: the packaged one.
+    """
+
+    observers: str | tuple[str, ...] = "av"
+    threshold: float = 0.5
+    lag: float = 4.0
+    emotion_map: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.observers, str):
+            object.__setattr__(self, "observers", tuple(os.fspath(o) for o in self.observers))
+        if self.emotion_map is not None:
+            object.__setattr__(self, "emotion_map", os.fspath(self.emotion_map))
+        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "lag", float(self.lag))
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}", where="label rule",
+                              fix="use e.g. 0.5")
+
+    @classmethod
+    def from_dict(cls, given: LabelRule | Mapping[str, object] | None = None, where: str = "labels",
+                  **overrides: object) -> LabelRule:
+        """A rule from a config mapping; unknown keys are an error naming ``where``."""
+        base = given.to_dict() if isinstance(given, LabelRule) else dict(given or {})
+        values = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown label-rule key(s) {unknown}", where=where, fix=f"use only {sorted(names)}")
+        return cls(**values)
+
+    def replace(self, **changes: object) -> LabelRule:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        if isinstance(out["observers"], tuple):
+            out["observers"] = list(out["observers"])
+        return out
+
+    def derive(self, annotations: str | os.PathLike, **options: object) -> pd.DataFrame:
+        """Label every volume from the observer files under ``annotations`` (:func:`derive_labels`)."""
+        return derive_labels(annotations, self.observers, self.threshold, self.lag, self.emotion_map, **options)
+
+
+#: the defaults, for signatures that take the rule's fields one by one
+DEFAULT_RULE = LabelRule()
 
 
 def load_emotion_map(path: str | os.PathLike | None = None) -> EmotionMap:
@@ -114,8 +177,8 @@ def _votes(
 def label_volumes(
     observers: Mapping[str, Sequence[Episode]] | Sequence[Sequence[Episode]],
     *,
-    threshold: float = 0.5,
-    lag: float = 4.0,
+    threshold: float = DEFAULT_RULE.threshold,
+    lag: float = DEFAULT_RULE.lag,
     emotion_map: EmotionMap | None = None,
     segment_starts: Sequence[float] = SEGMENT_STARTS,
     volumes_per_run: Sequence[int] = VOLUMES_PER_RUN,
@@ -193,9 +256,9 @@ def label_volumes(
 
 def derive_labels(
     annotations: str | os.PathLike,
-    observers: str | Sequence[str] = "av",
-    threshold: float = 0.5,
-    lag: float = 4.0,
+    observers: str | Sequence[str] = DEFAULT_RULE.observers,
+    threshold: float = DEFAULT_RULE.threshold,
+    lag: float = DEFAULT_RULE.lag,
     emotion_map: str | os.PathLike | EmotionMap | None = None,
     segment_starts: Sequence[float] = SEGMENT_STARTS,
     volumes_per_run: Sequence[int] = VOLUMES_PER_RUN,

@@ -1,6 +1,6 @@
 """Studyforrest facts and BIDS discovery of the 7T audio-movie runs.
 
-Every number about the dataset lives here (Hanke et al. 2014; DOMAIN.md). Discovery
+Every number about the dataset lives here (Hanke et al. 2014; docs/domain.md). Discovery
 reads NIfTI headers only: no voxel data is loaded.
 """
 

@@ -1,7 +1,7 @@
 """Run the bundle's own configs in-process: the study's only way to train and test a CNN.
 
 Every CNN model of a study is ``configs/train.json`` run as a MONAI ``ConfigWorkflow`` with
-overrides (``dataset_dir``, ``data#subjects``, ``data#split``, ``data#lag``,
+overrides (``dataset_dir``, ``data#subjects``, ``data#split``, ``data#labels#lag``,
 ``data#label_permutation``, ``output_dir``, ``ckpt_dir``, ...), then
 ``[train.json, evaluate.json]`` once per test set. There is no second training loop.
 """
@@ -38,9 +38,7 @@ def base_overrides(study: Study, dataset_dir: str, annotations_dir: str) -> dict
         "annotations_dir": annotations_dir,
         "cache_dir": s["data"]["cache_dir"] or "",
         "data#space": s["data"]["space"],
-        "data#observers": s["labels"]["observers"],
-        "data#threshold": float(s["labels"]["threshold"]),
-        "data#lag": float(s["labels"]["lag"]),
+        "data#labels": dict(s["labels"]),
         "data#preprocessing": dict(s["preprocessing"]),
         "data#subjects": list(s["subjects"]) if s["subjects"] else None,
     }
@@ -55,7 +53,7 @@ def model_overrides(spec: ModelSpec) -> dict[str, Any]:
     return {
         "data#subjects": list(spec.subjects),
         "data#split": dict(spec.split),
-        "data#lag": float(spec.lag),
+        "data#labels#lag": float(spec.lag),
         "data#label_permutation": spec.permutation,
     }
 

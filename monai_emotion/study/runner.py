@@ -142,8 +142,8 @@ class _Study:
     def check_linear_settings(self) -> None:
         """Discard stored linear results made with other baseline or data settings."""
         record = self.root / "models" / "linear.json"
-        keys = ("dataset_dir", "annotations_dir", "cache_dir", "data#space", "data#observers", "data#threshold",
-                "data#lag", "data#preprocessing", "data#subjects")
+        keys = ("dataset_dir", "annotations_dir", "cache_dir", "data#space", "data#labels", "data#preprocessing",
+                "data#subjects")
         settings = {"baseline": self.study["baseline"], "data": {k: self.base.get(k) for k in keys},
                     "leaky": self.study["leaky"], "splits": self.study["splits"]}
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from tqdm.auto import tqdm
 import monai_emotion
 from monai_emotion import fileio
 from monai_emotion.data.cache import clean, store, stream
+from monai_emotion.data.cache.spec import downsample_factors
 from monai_emotion.data.studyforrest import Discovery, RunInfo
-from monai_emotion.errors import CacheError, ConfigError, ImageError
+from monai_emotion.errors import CacheError, ImageError
 
 CACHE_FORMAT_VERSION = store.CACHE_FORMAT_VERSION
 _READ_CHUNK = 16  # volumes per read: ~70 MB at full geometry, small next to one run
@@ -32,21 +32,6 @@ _WRITE_CHUNK = 32
 
 def run_stem(subject: str, run: int) -> str:
     return f"sub-{subject}_run-{int(run):02d}"
-
-
-def downsample_factors(
-    downsample: int | Sequence[int], target_voxel_mm: float | None, zooms: Sequence[float]
-) -> tuple[int, int, int]:
-    if target_voxel_mm is not None:
-        if downsample not in (1, (1, 1, 1), [1, 1, 1]):
-            raise ConfigError("give either downsample or target_voxel_mm, not both")
-        if target_voxel_mm <= 0:
-            raise ConfigError(f"target_voxel_mm={target_voxel_mm} must be > 0")
-        return tuple(max(1, int(round(target_voxel_mm / z))) for z in zooms)
-    factors = (downsample,) * 3 if np.isscalar(downsample) else tuple(downsample)
-    if len(factors) != 3 or any(int(f) != f or f < 1 for f in factors):
-        raise ConfigError(f"downsample={downsample!r} must be a positive integer or three of them")
-    return tuple(int(f) for f in factors)
 
 
 def _grid(affine: Any) -> tuple[str, tuple[float, ...]]:

@@ -49,7 +49,8 @@ import numpy as np
 
 from monai_emotion import fileio
 from monai_emotion.data.cache import store
-from monai_emotion.data.cache.build import RunBuilder, downsample_factors, run_stem
+from monai_emotion.data.cache.build import RunBuilder, run_stem
+from monai_emotion.data.cache.spec import PreprocessingSpec
 from monai_emotion.data.studyforrest import RunInfo, discover_runs, normalize_subject
 from monai_emotion.errors import CacheError, ConfigError, DataError
 
@@ -293,28 +294,17 @@ def attach_cache(
 def prepare_cache(
     bids_root: str | os.PathLike,
     out: str | os.PathLike,
+    spec: PreprocessingSpec | Mapping[str, Any] | None = None,
     *,
     space: str = "nonlinear",
     subjects: Iterable[str | int] | None = None,
     runs: Iterable[int] | None = None,
-    downsample: int | Sequence[int] = 1,
-    target_voxel_mm: float | None = None,
-    mask: str | os.PathLike | None = None,
-    mask_strategy: str = "subject",
-    group_threshold: float = 0.5,
-    mask_volumes: int | None = 20,
-    mask_options: dict[str, Any] | None = None,
-    margin: int = 2,
-    detrend: bool = True,
-    standardize: bool = True,
-    high_pass: float | None = None,
-    confounds: str | None = None,
-    nonfinite: str = "error",
     shard: tuple[int, int] | None = None,
     expected_volumes: Sequence[int] | None = None,
     wait: bool = True,
     wait_timeout: float = 24 * 3600.0,
     progress: bool = True,
+    **params: Any,
 ) -> CacheIndex:
     """Build (or reuse) the preprocessed float16 cache of the selected runs.
 
@@ -324,34 +314,13 @@ def prepare_cache(
         BIDS root of ds000113 (or a tree laid out the same way). Never written to.
     out
         Cache folder (created). One folder holds one parameter set.
-    space, subjects, runs
-        What to cache, as for :func:`~monai_emotion.data.studyforrest.discover_runs`. Masks
-        are computed from all runs of a subject (all subjects for ``"group"``) whatever
+    spec
+        The preprocessing (:class:`~monai_emotion.data.cache.spec.PreprocessingSpec` or its
+        dict); its fields may also be given as keywords (``downsample=1``), which override it.
+        Masks are computed from all runs of a subject (all subjects for ``"group"``) whatever
         ``runs``/``subjects`` select, so caching more runs later keeps the same grid.
-    downsample
-        Integer block-average factor (or three), applied after the crop.
-    target_voxel_mm
-        Alternative to ``downsample``: factor per axis = round(target / voxel size).
-    mask
-        A mask NIfTI on the runs' grid; overrides ``mask_strategy``.
-    mask_strategy
-        ``"subject"``: nilearn ``compute_epi_mask`` per run, intersected over the subject's
-        runs (one grid per subject); ``"group"``: subject masks combined across subjects
-        with ``group_threshold`` (1.0 intersection, 0.5 majority): one grid for all.
-    mask_volumes
-        Volumes at the start of each run whose mean feeds the mask (``None``: all, a
-        second pass over the data).
-    mask_options
-        Keyword arguments for ``nilearn.masking.compute_epi_mask``.
-    margin
-        Voxels kept around the mask's bounding box.
-    detrend, standardize, high_pass, confounds
-        Per-run, per-voxel cleaning in one joint regression: linear trend, z-scoring
-        (zero-variance voxels become 0), cosine drifts below ``high_pass`` Hz, and
-        ``confounds="motion"`` (the run's motion-parameter file when one is found; when
-        absent the run is cached without it and the sidecar and summary say so).
-    nonfinite
-        ``"error"`` (NaN/Inf raise :class:`ImageError` naming file and volume) or ``"zero"``.
+    space, subjects, runs
+        What to cache, as for :func:`~monai_emotion.data.studyforrest.discover_runs`.
     expected_volumes
         Volumes per run for discovery's checks (default: the studyforrest counts).
     shard
@@ -366,25 +335,16 @@ def prepare_cache(
         The selected runs; ``index.summary`` is a :class:`CacheSummary`.
     """
     started = time.perf_counter()
+    spec = PreprocessingSpec.from_dict(spec, **params)
     bids_root, out = Path(bids_root), Path(out)
     if out.resolve() == bids_root.resolve():
         raise ConfigError(
             "the cache folder must not be the BIDS root", out, fix="pass another output folder"
         )
-    if mask_strategy not in ("subject", "group"):
-        raise ConfigError(f"mask_strategy={mask_strategy!r} must be 'subject' or 'group'")
-    if confounds not in (None, "motion"):
-        raise ConfigError(f"confounds={confounds!r} must be None or 'motion'")
-    if not 0.0 <= group_threshold <= 1.0:
-        raise ConfigError(f"group_threshold={group_threshold} must lie in [0, 1]")
-    if margin < 0:
-        raise ConfigError(f"margin={margin} must be >= 0")
-    if nonfinite not in ("error", "zero"):
-        raise ConfigError(f"nonfinite={nonfinite!r} must be 'error' or 'zero'")
     rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"shard={shard!r} must be (rank, world_size) with 0 <= rank < world_size")
-    downsample_factors(downsample, target_voxel_mm, (1.0, 1.0, 1.0))  # validate early
+    mask, mask_strategy = spec.mask, spec.mask_strategy
 
     subject_list = [normalize_subject(s) for s in subjects] if subjects is not None else None
     lengths = {"expected_volumes": expected_volumes} if expected_volumes is not None else {}
@@ -402,24 +362,7 @@ def prepare_cache(
             fix="check the selection and the image space",
         )
 
-    params = {
-        "space": space,
-        "downsample": list(downsample) if not np.isscalar(downsample) else int(downsample),
-        "target_voxel_mm": target_voxel_mm,
-        "margin": int(margin),
-        "detrend": bool(detrend),
-        "standardize": bool(standardize),
-        "high_pass": high_pass,
-        "confounds": confounds,
-        "mask_strategy": "user" if mask is not None else mask_strategy,
-        "group_threshold": float(group_threshold)
-        if mask is None and mask_strategy == "group"
-        else None,
-        "mask_volumes": mask_volumes,
-        "mask_options": mask_options or {},
-        "nonfinite": nonfinite,
-        "dtype": "float16",
-    }
+    params = spec.cache_params(space)
     out.mkdir(parents=True, exist_ok=True)
     builder = RunBuilder(out, bids_root, params, progress)
     summary = CacheSummary(out=str(out))

@@ -24,12 +24,15 @@ from scipy import ndimage
 
 from monai_emotion.data.studyforrest import ALIGNED_SHAPE, ALIGNED_VOXEL_MM, TR
 
-__all__ = ["Grid", "NoiseParams", "SubjectModel", "make_grid", "brain_mask", "blob_field",
-           "pattern_set", "subject_model", "run_chunks", "run_header", "write_run"]
+__all__ = ["Grid", "NoiseParams", "SubjectModel", "Blobs", "DTYPES", "make_grid", "brain_mask",
+           "blob_field", "pattern_blobs", "pattern_values", "pattern_set", "subject_model",
+           "run_chunks", "run_header", "write_run"]
 
 #: MNI coordinate (mm) of the grid centre: the real slab is centred on auditory cortex
 GRID_CENTRE_MM = (0.0, -18.0, 8.0)
 BASELINE = 1000.0
+#: data types a run may be written in
+DTYPES = ("int16", "float32")
 
 
 @dataclass(frozen=True)
@@ -101,23 +104,60 @@ def blob_field(shape: tuple[int, int, int], voxel_mm: float, centres: np.ndarray
     return field
 
 
-def _random_blobs(rng: np.random.Generator, grid: Grid, coords: np.ndarray, n: int,
-                  sigma_mm: tuple[float, float], p_positive: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Blobs:
+    """Gaussian blobs: centres in voxel coordinates ``(n, 3)``, widths in mm, signed weights."""
+
+    centres: np.ndarray
+    sigmas_mm: np.ndarray
+    weights: np.ndarray
+
+    def field(self, grid: Grid, offset_vox: np.ndarray | None = None) -> np.ndarray:
+        """The blobs summed on the grid, every centre moved by ``offset_vox`` voxels if given."""
+        centres = self.centres if offset_vox is None else self.centres + np.asarray(offset_vox, dtype=float)
+        return blob_field(grid.shape, grid.voxel_mm, centres, self.sigmas_mm, self.weights)
+
+
+def _draw_blobs(rng: np.random.Generator, coords: np.ndarray, n: int, sigma_mm: tuple[float, float],
+                p_positive: float) -> Blobs:
     centres = coords[rng.integers(len(coords), size=n)] + rng.uniform(-0.5, 0.5, (n, 3))
     sigmas = rng.uniform(*sigma_mm, size=n)
     weights = rng.uniform(0.5, 1.0, size=n) * np.where(rng.random(n) < p_positive, 1.0, -1.0)
-    return blob_field(grid.shape, grid.voxel_mm, centres, sigmas, weights)
+    return Blobs(centres, sigmas, weights)
+
+
+def _random_blobs(rng: np.random.Generator, grid: Grid, coords: np.ndarray, n: int,
+                  sigma_mm: tuple[float, float], p_positive: float) -> np.ndarray:
+    return _draw_blobs(rng, coords, n, sigma_mm, p_positive).field(grid)
+
+
+def pattern_blobs(rng: np.random.Generator, mask: np.ndarray, n_classes: int, n_blobs: int = 6) -> list[Blobs]:
+    """The blobs of ``n_classes`` patterns, centred on mask voxels (what :func:`pattern_set` draws)."""
+    coords = np.argwhere(mask).astype(float)
+    return [_draw_blobs(rng, coords, n_blobs, (5.0, 10.0), 0.7) for _ in range(n_classes)]
+
+
+def pattern_values(blobs: list[Blobs], grid: Grid, mask: np.ndarray, offset_vox: np.ndarray | None = None,
+                   peaks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, V)`` patterns over the mask from their blobs, and each one's peak |value| before scaling.
+
+    Each pattern is divided by ``peaks`` (default: its own peak, so that it peaks at 1). With
+    ``offset_vox`` the blobs are moved first: passing the unmoved patterns' ``peaks`` keeps the
+    moved ones an exact translate of them.
+    """
+    out = np.empty((len(blobs), int(mask.sum())), dtype=np.float32)
+    own = np.empty(len(blobs))
+    for k, b in enumerate(blobs):
+        values = b.field(grid, offset_vox)[mask]
+        own[k] = max(float(np.abs(values).max()), 1e-6)
+        out[k] = values / float(own[k] if peaks is None else peaks[k])  # a Python float: float32 division
+    return out, own
 
 
 def pattern_set(rng: np.random.Generator, grid: Grid, mask: np.ndarray, n_classes: int,
                 n_blobs: int = 6) -> np.ndarray:
     """``(n_classes, V)`` blob patterns inside the mask, each with peak |value| 1."""
-    coords = np.argwhere(mask).astype(float)
-    out = np.empty((n_classes, len(coords)), dtype=np.float32)
-    for k in range(n_classes):
-        values = _random_blobs(rng, grid, coords, n_blobs, (5.0, 10.0), 0.7)[mask]
-        out[k] = values / max(float(np.abs(values).max()), 1e-6)
-    return out
+    return pattern_values(pattern_blobs(rng, mask, n_classes, n_blobs), grid, mask)[0]
 
 
 def subject_model(rng: np.random.Generator, grid: Grid, mask: np.ndarray, group: np.ndarray,
@@ -158,18 +198,24 @@ def _smooth_axes(grid: Grid, spacing_mm: float) -> tuple[np.ndarray, np.ndarray,
 
 
 def run_chunks(model: SubjectModel, signal: np.ndarray, noise: NoiseParams, rng: np.random.Generator,
-               chunk: int = 16) -> Iterator[np.ndarray]:
+               chunk: int = 16, extra: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """Yield ``(m, V)`` float32 blocks of one run, ``signal`` being the ``(n, K)`` planted time courses.
 
     BOLD = baseline * (1 + (drift + smooth AR(1) noise + voxel AR(1) noise + signal @ patterns) / 100).
+    ``extra``, ``(time courses (n, E), maps (E, V))`` in percent, adds further responses (e.g.
+    the stimulus-locked one) to the same sum.
     """
     n, n_vox = signal.shape[0], model.baseline.size
     t = (np.arange(n) + 0.5) / n
     drift_basis = np.stack([np.cos(np.pi * (j + 1) * t) for j in range(3)], axis=1)
     drift_basis *= noise.drift_sd * rng.normal(size=3)
     # drift and signal share one (m, 3 + K) @ (3 + K, V) product: one pass over the voxels
-    weights = np.concatenate([drift_basis, signal], axis=1).astype(np.float32)
-    fields = np.concatenate([model.drift_fields, model.patterns])
+    courses, maps = [drift_basis, signal], [model.drift_fields, model.patterns]
+    if extra is not None:
+        courses.append(extra[0])
+        maps.append(extra[1])
+    weights = np.concatenate(courses, axis=1).astype(np.float32)
+    fields = np.concatenate(maps)
     ax, ay, az = model.smooth_axes
     smooth_state = rng.standard_normal((ax.shape[1], ay.shape[1], az.shape[1]), dtype=np.float32)
     voxel_state = rng.standard_normal(n_vox, dtype=np.float32)
@@ -207,16 +253,23 @@ def run_chunks(model: SubjectModel, signal: np.ndarray, noise: NoiseParams, rng:
         yield pct
 
 
-def run_header(grid: Grid, n_volumes: int, slope: float, qform_code: int) -> nib.Nifti1Header:
-    """Header of one 4D int16 run: TR in pixdim[4], mm/sec units, qform and sform set."""
+def run_header(grid: Grid, n_volumes: int, slope: float, qform_code: int,
+               dtype: str = "int16") -> nib.Nifti1Header:
+    """Header of one 4D run: TR in pixdim[4], mm/sec units, qform and sform set.
+
+    ``dtype`` ``"int16"`` (values scaled by ``slope``) or ``"float32"`` (no scaling).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     header = nib.Nifti1Header()
-    header.set_data_dtype(np.int16)
+    header.set_data_dtype(np.dtype(dtype))
     header.set_data_shape((*grid.shape, n_volumes))
     header.set_zooms((grid.voxel_mm,) * 3 + (TR,))
     header.set_xyzt_units("mm", "sec")
     header.set_qform(grid.affine, code=qform_code)
     header.set_sform(grid.affine, code=qform_code)
-    header.set_slope_inter(slope, 0.0)
+    if dtype == "int16":
+        header.set_slope_inter(slope, 0.0)
     header.set_dim_info(slice=2)
     header["descrip"] = b"monai-emotion synthetic"
     header["vox_offset"] = 352
@@ -265,13 +318,15 @@ class _GzipStream:
 
 def write_run(path: Path, header: nib.Nifti1Header, mask: np.ndarray, blocks: Iterator[np.ndarray],
               progress=None, tap: Callable[[np.ndarray], None] | None = None) -> None:
-    """Stream float blocks ``(m, V)`` of mask voxels into ``path`` as int16 with the header's slope.
+    """Stream float blocks ``(m, V)`` of mask voxels into ``path`` in the header's data type.
 
-    The file appears under its name only once complete (written as ``.part`` first). ``tap``
-    sees each block as stored (integers, before the slope), e.g. to score it without reading
-    the file back.
+    int16 blocks are divided by the header's slope and rounded; float32 ones are stored as
+    they are. The file appears under its name only once complete (written as ``.part``
+    first). ``tap`` sees each block as stored (for int16, integers before the slope), e.g. to
+    score it without reading the file back.
     """
-    slope = float(header.get_slope_inter()[0])
+    as_float = header.get_data_dtype() == np.float32
+    slope = 1.0 if as_float else float(header.get_slope_inter()[0])
     # NIfTI stores x fastest: mask voxels' positions in a Fortran-ordered volume
     flat = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
     n_grid = mask.size
@@ -282,10 +337,11 @@ def write_run(path: Path, header: nib.Nifti1Header, mask: np.ndarray, blocks: It
         buffer = header.binaryblock + b"\x00" * 4  # no extensions
         stream.write(buffer)
         for block in blocks:
-            block *= np.float32(1 / slope)
-            np.rint(block, out=block)
-            np.clip(block, -32767, 32767, out=block)
-            out = np.zeros((block.shape[0], n_grid), dtype="<i2")
+            if not as_float:
+                block *= np.float32(1 / slope)
+                np.rint(block, out=block)
+                np.clip(block, -32767, 32767, out=block)
+            out = np.zeros((block.shape[0], n_grid), dtype="<f4" if as_float else "<i2")
             out[:, flat] = block
             if tap is not None:
                 tap(block)
