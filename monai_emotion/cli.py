@@ -104,6 +104,7 @@ def make_synthetic(
     seed: int = 0,
     space: str = "nonlinear",
     overwrite: bool = False,
+    preset: str = "uniform",
 ) -> None:
     """Write a synthetic studyforrest-shaped BIDS dataset with a planted emotion signal.
 
@@ -117,6 +118,9 @@ def make_synthetic(
     null: plant no emotion signal (for chance-level checks)
     annotations: take the emotion timeline from real observer files in this folder
     observers: simulated observer set, "av" (9) or "ao" (3)
+    preset: "uniform" (every subject alike) or "realistic" (per-subject coverage, misaligned
+        patterns, HRF latencies, a shared auditory response, motion spikes and motion files,
+        run intensity changes, a short sub-04 run 8, mixed int16/float32 runs)
     """
     from monai_emotion.data.synthetic import make_synthetic as generate
 
@@ -124,8 +128,8 @@ def make_synthetic(
     start = time.perf_counter()
     summary = generate(out, subjects=count_or_labels, scale=scale, volumes_per_run=volumes_per_run,
                        runs=_as_list(runs), null=null, annotations_dir=annotations,
-                       observers=observers, seed=seed, space=space, overwrite=overwrite)
-    print(f"synthetic dataset in {out} ({time.perf_counter() - start:.1f} s)")
+                       observers=observers, seed=seed, space=space, overwrite=overwrite, preset=preset)
+    print(f"synthetic {preset} dataset in {out} ({time.perf_counter() - start:.1f} s)")
     for subject, score in (summary.get("oracle") or {}).items():
         print(f"  sub-{subject}: oracle balanced accuracy {score:.3f} (chance 0.2)")
 

@@ -251,7 +251,8 @@ def build_network(
     ----------
     name
         One of :data:`NETWORKS` (case-insensitive): ``EmotionCNN3D``, ``DenseNet121``,
-        ``DenseNet169``, ``resnet10``, ``resnet18``, ``resnet34``, ``resnet50``.
+        ``DenseNet169``, ``resnet10``, ``resnet18``, ``resnet34``, ``resnet50``; or the dotted
+        path of any ``torch.nn.Module`` class (then the keywords are passed as given).
     in_channels
         Input channels.
     num_classes, out_channels
@@ -266,19 +267,37 @@ def build_network(
     -------
     torch.nn.Module
         The network; its forward maps ``(B, in_channels, X, Y, Z)`` to ``(B, num_classes)``.
+        Its ``definition`` attribute holds this call as a config dict (``_target_`` and the
+        arguments), which training saves so that inference rebuilds the same network.
 
     Raises
     ------
     ConfigError
         For an unknown name, conflicting class counts, or a keyword the network lacks.
     """
+    definition = {"_target_": f"{__name__}.build_network", "name": str(name), "in_channels": int(in_channels),
+                  **({"num_classes": int(num_classes)} if num_classes is not None else {}),
+                  **({"out_channels": int(out_channels)} if out_channels is not None else {}),
+                  **({"spatial_shape": [int(s) for s in spatial_shape]} if spatial_shape is not None else {}),
+                  **kwargs}
+    if "." in str(name):
+        net = _build_dotted(str(name), in_channels, num_classes, out_channels, spatial_shape, kwargs)
+    else:
+        net = _build_registered(str(name), in_channels, num_classes, out_channels, spatial_shape, kwargs)
+    # what inference needs to rebuild this network: saved beside the weights at training time
+    net.definition = definition
+    return net
+
+
+def _build_registered(name: str, in_channels: int, num_classes: int | None, out_channels: int | None,
+                      spatial_shape: Sequence[int] | None, kwargs: dict[str, Any]) -> nn.Module:
     lookup = {key.lower(): key for key in NETWORKS}
-    key = lookup.get(str(name).lower())
+    key = lookup.get(name.lower())
     if key is None:
         raise ConfigError(
             f"unknown network {name!r}",
             where="build_network",
-            fix=f"use one of {sorted(NETWORKS, key=str.lower)}",
+            fix=f"use one of {sorted(NETWORKS, key=str.lower)}, or a dotted class path (monai.networks.nets.X)",
         )
     if num_classes is not None and out_channels is not None and num_classes != out_channels:
         raise ConfigError(
@@ -286,6 +305,7 @@ def build_network(
             where="build_network",
             fix="give only one of them",
         )
+    kwargs = dict(kwargs)
     n_classes = num_classes if num_classes is not None else out_channels
     kwargs["num_classes"] = 5 if n_classes is None else n_classes
     if key == "EmotionCNN3D" and spatial_shape is not None:
@@ -299,3 +319,23 @@ def build_network(
             where="build_network",
             fix=f"check the keywords against {key}{signature}",
         ) from err
+
+
+def _build_dotted(path: str, in_channels: int, num_classes: int | None, out_channels: int | None,
+                  spatial_shape: Sequence[int] | None, kwargs: dict[str, Any]) -> nn.Module:
+    """Any ``torch.nn.Module`` class by dotted path, with exactly the keywords given."""
+    from monai.utils import optional_import
+
+    module, _, attr = path.rpartition(".")
+    cls, found = optional_import(module, name=attr)
+    if not found:
+        raise ConfigError(f"cannot import network {path!r}", where="build_network",
+                          fix="give an importable class path, e.g. monai.networks.nets.DenseNet121")
+    given = {"in_channels": in_channels, **kwargs}
+    given.update({k: v for k, v in (("num_classes", num_classes), ("out_channels", out_channels),
+                                    ("spatial_shape", spatial_shape)) if v is not None})
+    try:
+        return cls(**given)
+    except TypeError as err:
+        raise ConfigError(f"network {path!r} rejected its arguments: {err}", where="build_network",
+                          fix=f"check the keywords against {path}{inspect.signature(cls)}") from err

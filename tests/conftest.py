@@ -15,10 +15,17 @@ SHARED_ANNOTATIONS = Path(
 
 @pytest.fixture(scope="session")
 def real_annotations() -> Path:
-    """The published studyforrest annotations, or a skip saying where they were looked for."""
+    """The published studyforrest annotations, or a skip saying where they were looked for.
+
+    Under CI (``CI=true``) a missing folder fails the tests that need it: CI must test the
+    parsers on the real files, not skip them silently.
+    """
     if not (SHARED_ANNOTATIONS / "raw").is_dir():
-        pytest.skip(
+        reason = (
             f"real studyforrest annotations not found at {SHARED_ANNOTATIONS} "
             "(set MONAI_EMOTION_ANNOTATIONS to the studyforrest-data-annotations folder)"
         )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; CI=true: the real annotations are required", pytrace=False)
+        pytest.skip(reason)
     return SHARED_ANNOTATIONS

@@ -50,9 +50,12 @@ def test_observer_sets(real_annotations):
 
 
 def test_consensus_events_parse_and_defect_columns_are_zero(real_annotations):
-    for path in sorted((real_annotations / "researchcut").glob("*.tsv")) + sorted(
+    paths = sorted((real_annotations / "researchcut").glob("*.tsv")) + sorted(
         real_annotations.glob("segments-*/*.tsv")
-    ):
+    )
+    # the whole movie for AV and AO, and each of the 8 runs for both
+    assert len(paths) == 2 + 2 * 8, [str(p.relative_to(real_annotations)) for p in paths]
+    for path in paths:
         frame = read_consensus_events(path)
         n_lines = len([ln for ln in path.read_text().splitlines()[1:] if ln.strip()])
         assert len(frame) == n_lines

@@ -11,7 +11,7 @@ preparation, config parsing, the bundle's checkpoint loader). Each case asserts
 - that the input files are byte-for-byte unchanged.
 
 The observer-file texts of ``test_annotations.BAD_FILES`` are reused here through the
-``labels`` command; the cache helpers come from ``test_cache``.
+``labels`` command; the cache helpers come from ``test_cache``, the NIfTI writers from ``nifti_helpers``.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ import pytest
 import torch
 from bundle_runs import TRAIN, file_hashes, files_under
 from ignite.engine import Engine
+from nifti_helpers import AFFINE, SHAPE, T, save_nifti
 from test_annotations import BAD_FILES, HEADER
-from test_cache import AFFINE, SHAPE, T, build, write_run
+from test_cache import build, write_run
 
 from monai_emotion import cli
 from monai_emotion.data.annotations import Episode, write_observer_file
 from monai_emotion.data.cache import CacheIndex, attach_cache
 from monai_emotion.data.studyforrest import SEGMENT_STARTS, bold_path
 from monai_emotion.engine.checkpoints import CheckpointLoader
+from monai_emotion.engine.resume import attach_training_state
 from monai_emotion.errors import (
     AnnotationError,
     CacheError,
@@ -50,7 +52,6 @@ from monai_emotion.errors import (
     find_user_error,
     format_user_error,
 )
-from monai_emotion.engine.resume import attach_training_state
 from monai_emotion.experiment import prepare_experiment
 from monai_emotion.networks import EmotionCNN3D
 
@@ -127,7 +128,9 @@ _register_observer_text("not_text", b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
 def _misnamed(tmp: Path) -> Scenario:
     scenario = labels_scenario(tmp)
     folder = scenario.inputs[0]
-    for path in folder.glob("av1o*.csv"):
+    observers = sorted(folder.glob("av1o*.csv"))
+    assert len(observers) == 3, observers  # what observer_set wrote: the case renames them all
+    for path in observers:
         path.rename(path.with_name(path.stem.replace("av1o", "observer") + ".csv"))
     scenario.names = folder
     return scenario
@@ -161,11 +164,8 @@ def rewrite(path: Path, *, data: np.ndarray | None = None, affine: np.ndarray | 
             tr: float | None = None) -> None:
     """Save ``path`` again with other voxels, affine or TR (what a botched conversion does)."""
     img = nib.load(str(path))
-    new = nib.Nifti1Image(np.asarray(img.dataobj) if data is None else data,
-                          img.affine if affine is None else affine, img.header)
-    if tr is not None:
-        new.header["pixdim"][4] = tr
-    nib.save(new, str(path))
+    save_nifti(path, np.asarray(img.dataobj) if data is None else data,
+               img.affine if affine is None else affine, tr=tr, units=False, header=img.header)
 
 
 def cache_scenario(tmp: Path, broken: Path | str, **kwargs: object) -> Scenario:
@@ -184,7 +184,7 @@ def broken_run(tmp: Path, run: int = 1) -> Path:
 @case("image_3d_not_4d", ImageError)
 def _image_3d(tmp: Path) -> Scenario:
     path = broken_run(tmp)
-    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.float32), AFFINE), str(path))
+    save_nifti(path, np.ones(SHAPE, np.float32), AFFINE)
     return cache_scenario(tmp, path)
 
 
@@ -256,7 +256,7 @@ def _image_voxels(tmp: Path) -> Scenario:
 def _user_mask(tmp: Path, data: np.ndarray, affine: np.ndarray) -> Scenario:
     bids_tree(tmp)
     mask = tmp / "mask.nii.gz"
-    nib.save(nib.Nifti1Image(data.astype(np.uint8), affine), str(mask))
+    save_nifti(mask, data.astype(np.uint8), affine)
     return cache_scenario(tmp, mask, mask=mask)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from nifti_helpers import AFFINE, SHAPE, T, save_nifti, save_run
 
 from monai_emotion.data import cache as cache_mod
 from monai_emotion.data.cache import CacheIndex, attach_cache, prepare_cache
@@ -20,10 +21,7 @@ from monai_emotion.data.cache import build as cache_build
 from monai_emotion.data.studyforrest import bold_path
 from monai_emotion.errors import CacheError, DataError, ImageError
 
-SHAPE = (20, 24, 10)
-T = 30
 BOX = (slice(3, 17), slice(4, 20), slice(2, 8))
-AFFINE = np.array([[1.2, 0, 0, -10.0], [0, 1.2, 0, -12.0], [0, 0, 1.2, -5.0], [0, 0, 0, 1]])
 # tiny images: compute_epi_mask's default opening (2) would erode a 6-voxel slab away
 MASK_OPTS = {"opening": 1}
 
@@ -45,14 +43,7 @@ def write_run(
     inside[5, 5, 3] = 1000.0
     if nan_at is not None:
         data[5, 6, 3, nan_at] = np.nan
-    img = nib.Nifti1Image(data, AFFINE)
-    img.set_data_dtype(dtype)  # int16: nibabel stores a scl_slope, as scanners do
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["pixdim"][4] = 2.0
-    path = bold_path(root, subject, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
+    return save_run(root, subject, run, data, dtype=dtype)  # int16: a scl_slope, as scanners write
 
 
 @pytest.fixture
@@ -180,7 +171,7 @@ def test_user_mask_only_changed_run_rebuilt_and_wrong_shape_rejected(
     mask = np.zeros(SHAPE, dtype=np.uint8)
     mask[BOX] = 1
     mask_path = tmp_path / "mask.nii.gz"
-    nib.save(nib.Nifti1Image(mask, AFFINE), str(mask_path))
+    save_nifti(mask_path, mask, AFFINE)
     out = tmp_path / "cache"
     index = build(bids, out, mask=mask_path)
     assert index[("01", 1)].frame_shape == (14 + 4, 16 + 4, 10)  # box + margin 2, clipped in z
@@ -190,7 +181,7 @@ def test_user_mask_only_changed_run_rebuilt_and_wrong_shape_rejected(
     assert [b.split()[0] for b in again.summary.built] == ["sub-01_run-02"]
 
     bad = tmp_path / "bad_mask.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), AFFINE), str(bad))
+    save_nifti(bad, np.ones((10, 10, 10), np.uint8), AFFINE)
     with pytest.raises(ImageError, match=r"bad_mask\.nii\.gz.*shape"):
         build(bids, tmp_path / "other", mask=bad)
 

@@ -12,29 +12,19 @@ import pytest
 import torch
 from monai.data import CacheDataset, MetaTensor
 from monai.transforms import Compose
+from nifti_helpers import SHAPE, T, save_run
 
 from monai_emotion.data.cache import prepare_cache
 from monai_emotion.data.datasets import emotion_dataloader, emotion_dataset
-from monai_emotion.data.studyforrest import bold_path
 from monai_emotion.errors import CacheError, DataError
 from monai_emotion.transforms import LoadCachedFramed, LoadNiftiFramed, augmentations
-
-SHAPE = (20, 24, 10)
-T = 30
-AFFINE = np.array([[1.2, 0, 0, -10.0], [0, 1.2, 0, -12.0], [0, 0, 1.2, -5.0], [0, 0, 0, 1]])
 
 
 def write_run(root: Path, subject: str, run: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     data = np.zeros((*SHAPE, T), dtype=np.float32)
     data[3:17, 4:20, 2:8] = 1000 + 20 * rng.standard_normal((14, 16, 6, T))
-    img = nib.Nifti1Image(data, AFFINE)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["pixdim"][4] = 2.0
-    path = bold_path(root, subject, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
+    return save_run(root, subject, run, data)
 
 
 @pytest.fixture(scope="module")
@@ -100,23 +90,31 @@ def test_meta_tensor_carries_cropped_affine_and_source(cached) -> None:
 
 def test_partition_per_rank_is_disjoint_and_even(cached) -> None:
     _root, index, items = cached
-    parts = [
-        emotion_dataset(items[:101], cache=index, cache_rate=0, rank=r, world_size=4)
-        for r in range(4)
-    ]
+    # a position tag: several items share (image, frame, label), so shards are compared by it
+    tagged = [{**item, "position": i} for i, item in enumerate(items[:101])]
+
+    def shards(**kwargs) -> list[list[dict]]:
+        return [
+            emotion_dataset(tagged, cache=index, cache_rate=0, rank=r, world_size=4, **kwargs).data
+            for r in range(4)
+        ]
+
+    parts = shards()
     assert {len(p) for p in parts} == {26}  # even_divisible pads to 4 x 26
-    frames = [(d["image"], d["frame"], d["label"]) for p in parts for d in p.data]
+    frames = [(d["image"], d["frame"], d["label"]) for p in parts for d in p]
     assert set(frames) >= {
         (d["image"], d["frame"], d["label"])
         for d in emotion_dataset(items[:101], cache=index, cache_rate=0).data
     }
-    val = [
-        emotion_dataset(
-            items[:101], cache=index, cache_rate=0, rank=r, world_size=4, even_divisible=False
-        )
-        for r in range(4)
-    ]
+    # every item is on some rank; only the 3 padding items are on two
+    counts = np.bincount([d["position"] for p in parts for d in p], minlength=101)
+    assert counts.min() == 1 and counts.max() == 2 and (counts == 2).sum() == 4 * 26 - 101
+    val = [{d["position"] for d in p} for p in shards(even_divisible=False)]
     assert sum(len(p) for p in val) == 101
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not val[a] & val[b], f"ranks {a} and {b} share items {sorted(val[a] & val[b])}"
+    assert set().union(*val) == set(range(101))
 
 
 def test_augmentation_chain_and_loader_pickling(cached) -> None:
@@ -127,6 +125,9 @@ def test_augmentation_chain_and_loader_pickling(cached) -> None:
     assert (
         out.shape == (1, *index[("01", items[0]["run"])].frame_shape) and torch.isfinite(out).all()
     )
+    plain = emotion_dataset(items[:4], cache=index, cache_rate=1.0, augment=0.0)[0]["image"]
+    assert plain.shape == out.shape and not torch.allclose(out, plain), "augment=1.0 changed nothing"
+    assert not torch.equal(ds[0]["image"], out), "a second draw of the same item repeats the first"
     loader = LoadCachedFramed("image")
     loader({"image": index[("01", 1)].path, "frame": 0})
     clone = pickle.loads(pickle.dumps(loader))  # spawned workers get a loader without open maps

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from nifti_helpers import save_nifti
 
 from monai_emotion.data.studyforrest import (
     SPACES,
@@ -25,14 +26,8 @@ NIB_DATA = Path(os.path.dirname(nib.__file__)) / "tests" / "data"
 
 
 def _write_run(path: Path, n_vols: int, shape=(6, 7, 4), tr=2.0, ndim=4) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.random.default_rng(0).random((*shape, n_vols) if ndim == 4 else shape).astype(np.float32)
-    img = nib.Nifti1Image(data, np.diag([1.2, 1.2, 1.2, 1.0]))
-    img.header.set_xyzt_units("mm", "sec")
-    if ndim == 4:
-        img.header["pixdim"][4] = tr
-    nib.save(img, path)
-    return path
+    return save_nifti(path, data, np.diag([1.2, 1.2, 1.2, 1.0]), tr=tr if ndim == 4 else None, units=True)
 
 
 def _tree(root: Path, subjects=("01", "02"), runs=(1, 2), n_vols=(5, 4), space="nonlinear") -> Path:

@@ -35,6 +35,27 @@ def test_gap_head_takes_any_size():
     assert count_parameters(net.hidden) == 64 * 128 + 128
 
 
+def test_grid_head_shape_parameters_and_gradients():
+    torch.manual_seed(0)
+    net = EmotionCNN3D(spatial_shape=None, head="grid")  # size-independent: no shape needed
+    assert net.feature_shape == (64, 4, 4, 2)
+    # 64 channels x 4 x 4 x 2 average-pooled cells feed the 128-unit dense layer
+    assert count_parameters(net.hidden) == 64 * 4 * 4 * 2 * 128 + 128 == 262_272
+    # convs without bias + batch norm: 16*27 + 32, 32*16*27 + 64, 64*32*27 + 128
+    assert count_parameters(net.encoder) == 432 + 32 + 13_824 + 64 + 55_296 + 128 == 69_776
+    assert count_parameters(net) == 69_776 + 262_272 + 128 * 5 + 5 == 332_693  # the bundle README's
+    for shape in [(17, 21, 6), SMALL, (33, 40, 12)]:  # the demo grid, and others
+        assert net.eval()(torch.rand(2, 1, *shape)).shape == (2, 5)
+
+    net.train()
+    x = torch.rand(3, 1, *SMALL, requires_grad=True)
+    torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 2, 4])).backward()
+    for name, param in net.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_flatten_head_full_size_is_the_papers_139_5_m():
     # meta device: shapes only, nothing allocated
     with torch.device("meta"):

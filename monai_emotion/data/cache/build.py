@@ -94,26 +94,44 @@ class RunBuilder:
         self.masks_dir = out / "masks"
         self._mask_memo: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
         self._unsaved_masks: dict[str, tuple[Path, bytes, Path, dict[str, Any]]] = {}
+        self._run_masks: dict[str, np.ndarray] = {}
+        #: subject masks the group mask was combined from (saved with it)
+        self._group_members: list[MaskPlan] = []
 
     # ---- masks
     def mask_plan(self, info: RunInfo, discovery_all: Discovery, user_mask: str | None) -> MaskPlan:
         p = self.params
-        common = {k: p[k] for k in ("mask_volumes", "mask_options", "nonfinite")}
         if user_mask is not None:
             return MaskPlan(
                 "user_mask", _sha({"user": fileio.file_sha256(user_mask)}), [info], user_mask
             )
         if p["mask_strategy"] == "subject":
-            runs = discovery_all.by_subject()[info.subject]
-            key = _sha(
-                {"subject": info.subject, **common, "runs": [_stat_key(r.path) for r in runs]}
-            )
-            return MaskPlan(f"sub-{info.subject}_mask", key, runs)
+            return self.subject_plan(info.subject, discovery_all.by_subject()[info.subject])
         runs = discovery_all.runs
         key = _sha(
-            {"group": p["group_threshold"], **common, "runs": [_stat_key(r.path) for r in runs]}
+            {"group": p["group_threshold"], **self._mask_inputs(), "runs": [_stat_key(r.path) for r in runs]}
         )
         return MaskPlan("group_mask", key, runs)
+
+    def subject_plan(self, subject: str, runs: list[RunInfo]) -> MaskPlan:
+        """The subject's own brain mask: the EPI masks of its ``runs`` intersected."""
+        key = _sha({"subject": subject, **self._mask_inputs(), "runs": [_stat_key(r.path) for r in runs]})
+        return MaskPlan(f"sub-{subject}_mask", key, runs)
+
+    def coverage_plan(self, info: RunInfo, mask: MaskPlan) -> MaskPlan | None:
+        """The run's own brain mask, when the cache mask is not the subject's own (group or user).
+
+        Under a group or user mask a subject's slab may miss some of the mask's voxels: there
+        the source holds background, which per-voxel z-scoring would turn into noise that looks
+        like signal. Those voxels are zero-filled, and the covered fraction is checked per run.
+        """
+        if mask.name == f"sub-{info.subject}_mask":
+            return None
+        key = _sha({"run": _stat_key(info.path), **self._mask_inputs()})
+        return MaskPlan(f"{run_stem(info.subject, info.run)}_coverage", key, [info])
+
+    def _mask_inputs(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in ("mask_volumes", "mask_options", "nonfinite")}
 
     def mask(self, plan: MaskPlan) -> tuple[np.ndarray, np.ndarray, str, str]:
         """(mask, affine, saved path, sha256), computed once and stored in masks/."""
@@ -164,6 +182,9 @@ class RunBuilder:
 
     def save_mask(self, plan: MaskPlan) -> None:
         """Write a mask computed by :meth:`mask` into ``masks/`` (once)."""
+        if plan.name == "group_mask":
+            for member in self._group_members:
+                self.save_mask(member)
         pending = self._unsaved_masks.pop(plan.name, None)
         if pending is None:
             return
@@ -184,7 +205,17 @@ class RunBuilder:
         ref = plan.contributors[0]
         for other in plan.contributors[1:]:
             check_same_grid(other.path, other.affine, ref.path, ref.affine)
-        per_subject: dict[str, list[np.ndarray]] = {}
+        if plan.name == "group_mask":
+            by_subject: dict[str, list[RunInfo]] = {}
+            for info in plan.contributors:
+                by_subject.setdefault(info.subject, []).append(info)
+            subject_masks = []
+            for subject, runs in by_subject.items():
+                sub_plan = self.subject_plan(subject, runs)
+                subject_masks.append(self.mask(sub_plan)[0])
+                self._group_members.append(sub_plan)
+            return clean.combine_masks(subject_masks, p["group_threshold"], affine)
+        run_masks = []
         bar = tqdm(
             plan.contributors,
             desc=f"{plan.name} (mean of first volumes)",
@@ -192,22 +223,56 @@ class RunBuilder:
             leave=False,
         )
         for info in bar:
+            run_masks.append(self._run_mask(info, affine))
+        return clean.combine_masks(run_masks, 1.0, affine)
+
+    def _run_mask(self, info: RunInfo, affine: np.ndarray) -> np.ndarray:
+        """EPI mask of one run's mean first volumes (memoised: subject and coverage masks share it)."""
+        if info.path not in self._run_masks:
+            p = self.params
             reader = stream.SourceReader(info.path, p["nonfinite"])
             total = np.zeros(reader.shape, dtype=np.float64)
             n = 0
             for _t0, vols in reader.chunks(_READ_CHUNK, stop=p["mask_volumes"]):
                 total += vols.sum(axis=0, dtype=np.float64)
                 n += vols.shape[0]
-            per_subject.setdefault(info.subject, []).append(
-                clean.epi_mask(total / n, affine, info.path, p["mask_options"])
+            self._run_masks[info.path] = clean.epi_mask(total / n, affine, info.path, p["mask_options"])
+        return self._run_masks[info.path]
+
+    def _coverage(
+        self, info: RunInfo, src_mask: np.ndarray, grid: clean.Grid, coverage: MaskPlan | None
+    ) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """Stored-grid voxels the run covers (``None``: all), and the record of it.
+
+        Raises :class:`ImageError` naming the run when it covers less than ``min_coverage`` of
+        the mask: a run in another space or a cut-off slab, never silently zero-filled.
+        """
+        if coverage is None:
+            return None, {"fraction": 1.0, "mask": None, "zeroed_voxels": 0}
+        own, _affine, own_path, _sha256 = self.mask(coverage)
+        if own.shape != src_mask.shape:
+            raise ImageError(f"run grid {own.shape} differs from the mask grid {src_mask.shape}", info.path,
+                             fix="all runs cached together must share one voxel grid")
+        inside = own & src_mask
+        fraction = float(inside.sum()) / float(src_mask.sum())
+        minimum = float(self.params["min_coverage"])
+        if fraction < minimum:
+            raise ImageError(
+                f"sub-{info.subject} run {info.run} covers {fraction:.0%} of the mask's voxels "
+                f"(at least {minimum:.0%} needed; its own brain mask: {own_path})",
+                info.path,
+                fix="check that the run is in the same space as the mask (resample it into that space), "
+                "or lower preprocessing min_coverage if a partial slab is intended",
             )
-        subject_masks = [clean.combine_masks(ms, 1.0, affine) for ms in per_subject.values()]
-        if len(subject_masks) == 1:
-            return subject_masks[0]
-        return clean.combine_masks(subject_masks, p["group_threshold"], affine)
+        # a stored voxel counts as covered when at least half of its block's mask voxels are
+        in_block = grid.extract(inside[None].astype(np.float32))[0]
+        covered = in_block >= 0.5 * grid.extract(src_mask[None].astype(np.float32))[0]
+        zeroed = int((grid.mask & ~covered).sum())
+        return covered, {"fraction": round(fraction, 6), "min_fraction": minimum, "mask": own_path,
+                         "zeroed_voxels": zeroed}
 
     # ---- runs
-    def fingerprint(self, info: RunInfo, plan: MaskPlan) -> dict[str, Any]:
+    def fingerprint(self, info: RunInfo, plan: MaskPlan, coverage: MaskPlan | None = None) -> dict[str, Any]:
         confound_file = None
         if self.params["confounds"] == "motion":
             confound_file = clean.find_motion_file(
@@ -218,6 +283,7 @@ class RunBuilder:
             "source": _stat_key(info.path),
             "params": self.params,
             "mask_key": plan.key,
+            "coverage_key": coverage.key if coverage is not None else None,
             "confounds_file": _stat_key(confound_file) if confound_file else None,
         }
 
@@ -231,12 +297,13 @@ class RunBuilder:
         if meta.get("format_version") != CACHE_FORMAT_VERSION:
             return f"cache format {meta.get('format_version')} -> {CACHE_FORMAT_VERSION}"
         old = meta.get("fingerprint", {})
-        for part in ("source", "params", "mask_key", "confounds_file"):
+        for part in ("source", "params", "mask_key", "coverage_key", "confounds_file"):
             if old.get(part) != fingerprint[part]:
                 return {
                     "source": "source file changed",
                     "params": "parameters changed",
                     "mask_key": "mask inputs changed",
+                    "coverage_key": "coverage mask inputs changed",
                     "confounds_file": "confound file changed",
                 }[part]
         npy = self.out / meta.get("file", "")
@@ -245,7 +312,8 @@ class RunBuilder:
         return None
 
     def build(
-        self, info: RunInfo, plan: MaskPlan, fingerprint: dict[str, Any], notes: list[str]
+        self, info: RunInfo, plan: MaskPlan, fingerprint: dict[str, Any], notes: list[str],
+        coverage: MaskPlan | None = None,
     ) -> None:
         p = self.params
         started = time.perf_counter()
@@ -262,6 +330,7 @@ class RunBuilder:
         check_same_grid(info.path, info.affine, mask_path, mask_affine)
         factor = downsample_factors(p["downsample"], p["target_voxel_mm"], info.zooms)
         grid = clean.make_grid(src_mask, np.asarray(info.affine), margin=p["margin"], factor=factor)
+        covered, coverage_info = self._coverage(info, src_mask, grid, coverage)
         reader = stream.SourceReader(info.path, p["nonfinite"])
         if reader.shape != src_mask.shape:
             raise ImageError(
@@ -324,6 +393,8 @@ class RunBuilder:
             confounds=confounds,
         )
         n_zero, peak = clean.clean_inplace(data, basis, standardize=p["standardize"])
+        if covered is not None:
+            data[:, ~covered.ravel()[flat_mask]] = 0.0
         if peak > float(np.finfo(np.float16).max):
             raise ImageError(
                 f"values up to {peak:g} do not fit the cache's float16 (max 65504)",
@@ -346,6 +417,8 @@ class RunBuilder:
             writer.commit()
         bar.close()
         self.save_mask(plan)
+        if coverage is not None:
+            self.save_mask(coverage)
         del data
         zooms = [float(np.linalg.norm(grid.affine[:3, i])) for i in range(3)]
         meta = {
@@ -379,6 +452,7 @@ class RunBuilder:
                 "note": confound_note,
                 "columns": 0 if confounds is None else int(confounds.shape[1]),
             },
+            "coverage": coverage_info,
             "cleaning": {
                 "regressors": int(basis.shape[1]),
                 "zero_variance_voxels": n_zero,

@@ -370,9 +370,11 @@ def prepare_cache(
     user_mask = os.fspath(mask) if mask is not None else None
 
     plans = {(r.subject, r.run): builder.mask_plan(r, discovery_all, user_mask) for r in selected}
-    prints = {
-        (r.subject, r.run): builder.fingerprint(r, plans[(r.subject, r.run)]) for r in selected
-    }
+    coverage, prints = {}, {}
+    for r in selected:
+        key = (r.subject, r.run)
+        coverage[key] = builder.coverage_plan(r, plans[key])
+        prints[key] = builder.fingerprint(r, plans[key], coverage[key])
     mine = selected[rank::world]
     for info in mine:
         key = (info.subject, info.run)
@@ -381,7 +383,7 @@ def prepare_cache(
         if reason is None:
             summary.reused.append(label)
             continue
-        builder.build(info, plans[key], prints[key], summary.notes)
+        builder.build(info, plans[key], prints[key], summary.notes, coverage[key])
         summary.built.append(f"{label} ({reason})")
 
     others = [r for r in selected if r not in mine]

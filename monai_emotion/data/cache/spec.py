@@ -74,6 +74,11 @@ class PreprocessingSpec:
         below ``high_pass`` Hz, and ``confounds="motion"`` (the run's motion parameters).
     nonfinite
         ``"error"`` (NaN/Inf raise, naming file and volume) or ``"zero"``.
+    min_coverage
+        Under a group or user mask, the fraction of the mask's voxels a run's own brain mask
+        must cover (below: a clear error naming the run). Uncovered voxels are zero-filled.
+        0.8 accepts the few millimetres by which slab coverage differs between aligned
+        subjects, and refuses a run in another space or a badly cut slab.
     """
 
     downsample: int | tuple[int, int, int] = 2
@@ -89,6 +94,7 @@ class PreprocessingSpec:
     high_pass: float | None = None
     confounds: str | None = None
     nonfinite: str = "error"
+    min_coverage: float = 0.8
 
     def __post_init__(self) -> None:
         if not np.isscalar(self.downsample):
@@ -108,6 +114,8 @@ class PreprocessingSpec:
             raise ConfigError(f"margin={self.margin} must be >= 0", where="preprocessing")
         if self.nonfinite not in ("error", "zero"):
             raise ConfigError(f"nonfinite={self.nonfinite!r} must be 'error' or 'zero'", where="preprocessing")
+        if not 0.0 <= float(self.min_coverage) <= 1.0:
+            raise ConfigError(f"min_coverage={self.min_coverage} must lie in [0, 1]", where="preprocessing")
         if self.mask_volumes is not None and int(self.mask_volumes) < 1:
             raise ConfigError(f"mask_volumes={self.mask_volumes} must be >= 1 or null", where="preprocessing")
 
@@ -155,5 +163,6 @@ class PreprocessingSpec:
             "mask_volumes": self.mask_volumes,
             "mask_options": dict(self.mask_options),
             "nonfinite": self.nonfinite,
+            "min_coverage": float(self.min_coverage),
             "dtype": "float16",
         }

@@ -15,7 +15,7 @@ from monai_emotion.fileio import fsync_dir, raise_write_error, temporary_name
 __all__ = ["CACHE_FORMAT_VERSION", "AtomicNpyWriter", "check_format_version"]
 
 #: bump when the bytes a cache holds for the same inputs and parameters change meaning
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 class AtomicNpyWriter:

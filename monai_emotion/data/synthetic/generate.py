@@ -4,16 +4,14 @@
 reads like ds000113, raw observer annotation files, and the ground truth (hidden timeline,
 per-class spatial patterns, generation parameters). :func:`oracle_decode` matches the known
 patterns against the data: an upper bound for what a decoder can reach on the dataset.
-The hidden timeline and observers live in ``synthetic_timeline``, the voxels in
-``synthetic_bold``.
+The hidden timeline and observers live in ``timeline``, the voxels in ``bold``, the
+realistic world's departures from the uniform one in ``realistic`` and ``stimulus``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,20 +22,14 @@ import pandas as pd
 from monai_emotion import __version__
 from monai_emotion.data.annotations import find_observer_files
 from monai_emotion.data.labels import CLASSES
-from monai_emotion.data.studyforrest import (
-    N_RUNS,
-    SEGMENT_STARTS,
-    SPACES,
-    SUBJECTS,
-    TR,
-    VOLUMES_PER_RUN,
-    bold_path,
-    normalize_subject,
-)
+from monai_emotion.data.studyforrest import N_RUNS, SPACES, TR, bold_path, volume_movie_times
 from monai_emotion.data.synthetic import bold as sb
+from monai_emotion.data.synthetic import layout as sl
+from monai_emotion.data.synthetic import realistic as sr
+from monai_emotion.data.synthetic import stimulus as ss
 from monai_emotion.data.synthetic import timeline as st
 from monai_emotion.data.synthetic.oracle import OracleScorer, oracle_decode
-from monai_emotion.errors import ConfigError, LayoutError
+from monai_emotion.errors import ConfigError
 
 __all__ = ["make_synthetic", "oracle_decode", "DEFAULT_CLASS_STRENGTH", "DEFAULT_CLASS_SHARED"]
 
@@ -52,112 +44,41 @@ TRUTH_LAG = 4.0
 _QFORM_CODE = {"raw": 1, "dico": 1, "nonlinear": 2, "linear": 2}  # scanner / aligned
 
 
-def _rng(seed: int, *keys: int | str) -> np.random.Generator:
-    # one stream per (purpose, subject, run): a subject's data do not depend on who else is made
-    ints = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return np.random.default_rng([int(seed), *ints])
+def _check(space: str, scale: int, observers: str, seed: int, noise: dict) -> None:
+    if space not in SPACES:
+        raise ConfigError(f"unknown space {space!r}", fix=f"use one of {sorted(SPACES)}")
+    if not isinstance(scale, int | np.integer) or scale < 1:
+        raise ConfigError(f"scale must be a positive integer, got {scale!r}", fix="use e.g. 1, 2 or 4")
+    if observers not in ("av", "ao"):
+        raise ConfigError(f"observers must be 'av' or 'ao', got {observers!r}", fix="use 'av' or 'ao'")
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}", fix="use e.g. seed=0")
+    if not 0 <= noise["noise_ar1"] < 1 or min(noise["noise_sd"], noise["smooth_noise_sd"], noise["drift_sd"]) < 0:
+        raise ConfigError("noise sds must be >= 0 and noise_ar1 in [0, 1)", fix="correct the noise parameters")
 
 
-def _per_class(given: Mapping[str, float] | None, default: Mapping[str, float], name: str,
-               upper: float | None) -> np.ndarray:
-    values = dict(default)
-    for key, value in (given or {}).items():
-        if key not in values:
-            raise ConfigError(f"{name} names an unknown class {key!r}", fix=f"use classes from {list(CLASSES)}")
-        values[key] = float(value)
-    out = np.array([values[c] for c in CLASSES], dtype=float)
-    if (out < 0).any() or (upper is not None and (out > upper).any()):
-        raise ConfigError(f"{name} values must lie in [0, {upper if upper is not None else 'inf'}]: {values}",
-                          fix=f"correct {name}")
-    return out
+def _run_ids(runs: Sequence[int] | None) -> list[int]:
+    run_ids = sorted({int(r) for r in runs}) if runs is not None else list(range(1, N_RUNS + 1))
+    if not run_ids or any(not 1 <= r <= N_RUNS for r in run_ids):
+        raise ConfigError(f"runs must be a non-empty subset of 1-{N_RUNS}: {runs}", fix="e.g. runs=[1, 2]")
+    return run_ids
 
 
-def _subject_labels(subjects: int | Sequence[str | int]) -> list[str]:
-    if isinstance(subjects, int):
-        if not 1 <= subjects <= len(SUBJECTS):
-            raise ConfigError(f"subjects={subjects}: between 1 and {len(SUBJECTS)} subjects",
-                              fix="give a count up to 19, or a list of labels")
-        return list(SUBJECTS[:subjects])
-    labels = [normalize_subject(s) for s in subjects]
-    if not labels or len(set(labels)) != len(labels):
-        raise ConfigError(f"subjects must be distinct and non-empty: {labels}", fix="list each subject once")
-    return labels
+def _convolve(drives: np.ndarray, hrf: np.ndarray) -> np.ndarray:
+    return np.stack([np.convolve(drives[:, k], hrf)[: len(drives)] for k in range(drives.shape[1])], axis=1)
 
 
-def _run_lengths(volumes_per_run: int | Sequence[int] | None) -> list[int]:
-    if volumes_per_run is None:
-        return list(VOLUMES_PER_RUN)
-    if isinstance(volumes_per_run, int | np.integer):
-        return [min(int(volumes_per_run), v) for v in VOLUMES_PER_RUN]
-    lengths = [int(v) for v in volumes_per_run]
-    if len(lengths) != N_RUNS or any(v > real for v, real in zip(lengths, VOLUMES_PER_RUN, strict=True)):
-        raise ConfigError(f"volumes_per_run={lengths}: need {N_RUNS} counts, none above the real "
-                          f"{list(VOLUMES_PER_RUN)}", fix="give 8 counts, or one int to cap every run")
-    return lengths
-
-
-def _short_runs(short_runs, subjects: list[str], lengths: list[int]) -> dict[tuple[str, int], int]:
-    out = {}
-    for (sub, run), n in (short_runs or {}).items():
-        sub, run, n = normalize_subject(sub), int(run), int(n)
-        if sub not in subjects or not 1 <= run <= N_RUNS or not st.MIN_VOLUMES <= n <= lengths[run - 1]:
-            raise ConfigError(
-                f"short_runs entry ({sub!r}, {run}): {n} volumes is not usable",
-                fix=f"name a generated subject, a run 1-{N_RUNS}, and {st.MIN_VOLUMES} to the run's "
-                f"{lengths[run - 1] if 1 <= run <= N_RUNS else '?'} volumes",
-            )
-        out[(sub, run)] = n
-    return out
-
-
-def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise LayoutError("folder is not empty", out,
-                              fix="choose a new folder, or pass overwrite=True to replace an earlier synthetic dataset")
-        if not (out / "ground_truth" / "generation.json").is_file():
-            raise LayoutError("folder holds no synthetic dataset (no ground_truth/generation.json); "
-                              "refusing to overwrite it", out, fix="choose an empty or new folder")
-        for path in [*out.glob("sub-*"), out / "derivatives", out / "annotations", out / "ground_truth"]:
-            if path.is_dir():
-                shutil.rmtree(path)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
-def _write_bids_metadata(out: Path, subjects: list[str], space: str, params: dict) -> None:
-    generated_by = [{"Name": "monai-emotion synthetic", "Version": __version__,
-                     "Description": "studyforrest-shaped synthetic data with a planted emotion signal"}]
-    _write_json(out / "dataset_description.json", {
-        "Name": f"monai-emotion synthetic studyforrest (seed {params['seed']})",
-        "BIDSVersion": "1.8.0", "DatasetType": "raw", "GeneratedBy": generated_by})
-    (out / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
-    _write_json(out / "task-forrestgump_bold.json", {"RepetitionTime": TR, "TaskName": "forrestgump"})
-    if SPACES[space].startswith("derivatives/"):
-        _write_json(out / SPACES[space].split("/sub-")[0] / "dataset_description.json", {
-            "Name": f"synthetic {space} alignment", "BIDSVersion": "1.8.0",
-            "DatasetType": "derivative", "GeneratedBy": generated_by})
-
-
-def _hrf() -> np.ndarray:
-    from nilearn.glm.first_level import glover_hrf
-
-    h = glover_hrf(1.0, oversampling=1, time_length=32.0)
-    return h / h.sum()  # a sustained episode of amplitude a plateaus at a
-
-
-def _save_patterns(path: Path, mask: np.ndarray, values: np.ndarray, grid: sb.Grid) -> Path:
-    vol = np.zeros((*mask.shape, values.shape[0]), dtype=np.float32)
-    vol[mask] = values.T
-    img = nib.Nifti1Image(vol, grid.affine)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
-    return path
+def _true_classes(timeline: st.Timeline, volumes: dict[str, dict[int, int]], run_ids: list[int]) -> pd.DataFrame:
+    longest = {r: max(v[r] for v in volumes.values()) for r in run_ids}
+    rows = []
+    for run in run_ids:
+        movie = volume_movie_times(run, longest[run])
+        label_time = movie + TR / 2 - TRUTH_LAG
+        true = timeline.classes_at(label_time)
+        rows.append(pd.DataFrame({"run": run, "volume": np.arange(longest[run]), "movie_time": movie,
+                                  "label_time": label_time,
+                                  "true_class": np.array(list(CLASSES) + ["NONE"], dtype=object)[true]}))
+    return pd.concat(rows)
 
 
 def make_synthetic(
@@ -182,6 +103,19 @@ def make_synthetic(
     progress: bool = True,
     oracle: bool = True,
     overwrite: bool = False,
+    preset: str = "uniform",
+    coverage_cut_mm: float | None = None,
+    coverage_shift_mm: float | None = None,
+    misalignment_mm: float | None = None,
+    hrf_peak_s: tuple[float, float] | None = None,
+    stimulus_strength: float | None = None,
+    spikes_per_run: int | None = None,
+    spike_size: float | None = None,
+    run_intensity: float | None = None,
+    motion_files: bool | None = None,
+    class_concentration: float | None = None,
+    dtype: str | Mapping[str, str] | None = None,
+    absent_subjects: Sequence[str | int] | None = None,
 ) -> dict:
     """Write a synthetic studyforrest-shaped dataset with a planted emotion signal.
 
@@ -190,7 +124,7 @@ def make_synthetic(
     out
         Folder to create (must be empty unless ``overwrite``).
     subjects
-        A count (the first real labels: 01, 02, ...) or a list of labels.
+        A count (the first real labels: 01, 02, ...; 19 = all, without sub-10) or a list of labels.
     space
         Which ds000113 file names to write (a key of ``studyforrest.SPACES``); the grid is the
         aligned one in every case.
@@ -208,8 +142,9 @@ def make_synthetic(
     observers
         ``"av"`` (9 observers) or ``"ao"`` (3).
     class_strength, class_shared
-        Per-class peak percent signal change, and share of the pattern common to all subjects
-        (defaults :data:`DEFAULT_CLASS_STRENGTH`, :data:`DEFAULT_CLASS_SHARED`).
+        Per-class peak percent signal change (default :data:`DEFAULT_CLASS_STRENGTH`, or
+        ``realistic.REALISTIC_CLASS_STRENGTH`` in the realistic preset), and share of the
+        pattern common to all subjects (:data:`DEFAULT_CLASS_SHARED`).
     noise_sd, noise_ar1
         Voxel-wise AR(1) noise: sd in percent of the voxel baseline (~1000) at the native
         1.2 mm voxel (``noise_sd / scale**1.5`` at coarser scales, as block averaging gives),
@@ -219,7 +154,8 @@ def make_synthetic(
     seed
         Seed of every random stream.
     short_runs
-        ``{(subject, run): n_volumes}`` runs cut short, like the real ``{("04", 8): 263}``.
+        ``{(subject, run): n_volumes}`` runs cut short. Default: none (uniform); realistic: the
+        real ``{("04", 8): 263}`` scaled by the run cap (``volumes_per_run``) when sub-04 is made.
     progress
         Show a progress bar per run.
     oracle
@@ -227,52 +163,90 @@ def make_synthetic(
         they are written) and record it in ``ground_truth/oracle.json``.
     overwrite
         Replace an earlier synthetic dataset in ``out``.
+    preset
+        ``"uniform"`` (every subject alike, as before) or ``"realistic"``. It sets the defaults
+        of the knobs below (None = the preset's value; uniform value / realistic value).
+    coverage_cut_mm
+        Up to this much of the slab is cut at each z end, drawn per subject (0 / 9.6 mm).
+    coverage_shift_mm
+        In-plane move of the subject's brain outline, random direction, whole voxels; the
+        subject covers the group mask where it overlaps its moved copy (0 / 4.8 mm).
+    misalignment_mm
+        Distance the shared component of every class pattern moves per subject, random 3D
+        direction (0 / 4.8 mm: one voxel at scale 4).
+    hrf_peak_s
+        ``(low, high)``: each subject's HRF peaks at a latency drawn in this range (None:
+        nilearn's Glover HRF for all / (4.0, 6.0) s).
+    stimulus_strength
+        SD in percent signal change, at the peak of two bilateral temporal blobs, of a
+        loudness/speech drive shared by all subjects, convolved with each one's HRF (0 / 2.0).
+    spikes_per_run
+        Volumes per run with a motion spike (0 / 3).
+    spike_size
+        Typical spike size: percent intensity jump at the coverage edge, 30 % of it
+        elsewhere, random sign, times 0.6-1.4 (15 in both).
+    run_intensity
+        Global intensity factor per run: (1 + session term in +-x) * (1 + run term in +-x/2),
+        sessions being runs 1-4 and 5-8 (0 / 0.10).
+    motion_files
+        Write an fMRIPrep-style motion table beside each run,
+        ``..._run-0N_desc-confounds_timeseries.tsv`` (False / True).
+    class_concentration
+        Dirichlet concentration of each run's class shares in the planned timeline: lower is
+        more skewed by run (20 / 3).
+    dtype
+        ``"int16"`` (with ``scl_slope``), ``"float32"``, ``"mixed"`` (the second generated
+        subject float32, the others int16) or ``{subject: dtype}`` (``"int16"`` / ``"mixed"``).
+    absent_subjects
+        Subjects listed in ``participants.tsv`` with an empty folder but no runs (none /
+        ``["10"]`` when all 19 real subjects are made, as in ds000113).
 
     Returns
     -------
     dict
-        ``root``, ``space``, ``subjects``, ``runs`` (``{subject: {run: path}}``),
+        ``root``, ``space``, ``preset``, ``subjects``, ``runs`` (``{subject: {run: path}}``),
         ``volumes`` (``{subject: {run: n}}``), ``annotations``, ``ground_truth`` (paths) and
         ``oracle`` (``{subject: balanced accuracy}``, empty when ``oracle=False``).
 
     Notes
     -----
-    Runs are int16 with ``scl_slope`` (about 0.07): half the bytes of float32 to write,
-    compress and read, like the scanner's own data, with a quantisation step about 1/250 of
-    the noise sd. Generation streams chunks of 16 volumes, so memory does not grow with
-    run length.
+    int16 runs store ``scl_slope`` (about 0.07): half the bytes of float32 to write, compress
+    and read, like the scanner's own data, with a quantisation step about 1/250 of the noise
+    sd. Generation streams chunks of 16 volumes, so memory does not grow with run length.
+    ``ground_truth/generation.json`` records every knob (``world``) and every per-subject and
+    per-run draw (``subject_world``: coverage box, slab, shifts, HRF peak, dtype, run
+    intensity factors, spike volumes and sizes).
     """
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if space not in SPACES:
-        raise ConfigError(f"unknown space {space!r}", fix=f"use one of {sorted(SPACES)}")
-    if not isinstance(scale, int | np.integer) or scale < 1:
-        raise ConfigError(f"scale must be a positive integer, got {scale!r}", fix="use e.g. 1, 2 or 4")
-    if observers not in ("av", "ao"):
-        raise ConfigError(f"observers must be 'av' or 'ao', got {observers!r}", fix="use 'av' or 'ao'")
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}", fix="use e.g. seed=0")
-    subs = _subject_labels(subjects)
-    lengths = _run_lengths(volumes_per_run)
-    run_ids = sorted({int(r) for r in runs}) if runs is not None else list(range(1, N_RUNS + 1))
-    if not run_ids or any(not 1 <= r <= N_RUNS for r in run_ids):
-        raise ConfigError(f"runs must be a non-empty subset of 1-{N_RUNS}: {runs}", fix="e.g. runs=[1, 2]")
-    shorts = _short_runs(short_runs, subs, lengths)
-    strength = _per_class(class_strength, DEFAULT_CLASS_STRENGTH, "class_strength", None)
-    shared = _per_class(class_shared, DEFAULT_CLASS_SHARED, "class_shared", 1.0)
+    noise_args = dict(noise_sd=noise_sd, noise_ar1=noise_ar1, smooth_noise_sd=smooth_noise_sd, drift_sd=drift_sd)
+    _check(space, scale, observers, seed, noise_args)
+    world = sr.resolve_world(preset, DEFAULT_CLASS_STRENGTH, coverage_cut_mm=coverage_cut_mm,
+                             coverage_shift_mm=coverage_shift_mm, misalignment_mm=misalignment_mm,
+                             hrf_peak_s=hrf_peak_s, stimulus_strength=stimulus_strength,
+                             spikes_per_run=spikes_per_run, spike_size=spike_size, run_intensity=run_intensity,
+                             motion_files=motion_files, class_concentration=class_concentration, dtype=dtype)
+    subs = sl.subject_labels(subjects)
+    lengths = sl.run_lengths(volumes_per_run)
+    run_ids = _run_ids(runs)
+    if short_runs is None and preset == "realistic":
+        short_runs = sr.default_short_runs(subs, lengths)
+    shorts = sl.check_short_runs(short_runs, subs, lengths)
+    if absent_subjects is None:
+        absent_subjects = sr.real_absent_subjects(subs) if preset == "realistic" else []
+    absent = [s for s in sl.subject_labels(list(absent_subjects)) if s not in subs] if absent_subjects else []
+    strength = sl.per_class(class_strength, world.class_strength, "class_strength", None)
+    shared = sl.per_class(class_shared, DEFAULT_CLASS_SHARED, "class_shared", 1.0)
     # a scale-s voxel averages s**3 native voxels: thermal noise shrinks by s**1.5, which keeps
     # the information in a pattern (and so decoding accuracy) about the same at every scale
-    noise = sb.NoiseParams(noise_sd=noise_sd / scale**1.5, noise_ar1=noise_ar1, smooth_noise_sd=smooth_noise_sd,
-                           drift_sd=drift_sd)
-    if not 0 <= noise_ar1 < 1 or min(noise_sd, smooth_noise_sd, drift_sd) < 0:
-        raise ConfigError("noise sds must be >= 0 and noise_ar1 in [0, 1)", fix="correct the noise parameters")
+    noise = sb.NoiseParams(**{**noise_args, "noise_sd": noise_sd / scale**1.5})
     shortest = [min([lengths[r - 1]] + [n for (_, rr), n in shorts.items() if rr == r]) for r in range(1, N_RUNS + 1)]
     for r in run_ids:
         if shortest[r - 1] < st.MIN_VOLUMES:
             raise ConfigError(f"run {r} would have {shortest[r - 1]} volumes; every class cannot be "
                               f"planted in fewer than {st.MIN_VOLUMES}", fix=f"use volumes_per_run >= {st.MIN_VOLUMES}")
-    _prepare(out, overwrite)
+    sl.prepare(out, overwrite)
     gt = out / "ground_truth"
     gt.mkdir()
     raw_dir = out / "annotations" / "raw"
@@ -283,87 +257,118 @@ def make_synthetic(
             shutil.copyfile(path, raw_dir / path.name)
     else:
         # a run that is not written may be shorter than the minimum: its region need not hold every class
-        timeline = st.plan_timeline([max(n, st.MIN_VOLUMES) for n in shortest], _rng(seed, "timeline"))
-        st.write_observers(st.simulate_observers(timeline, observers, _rng(seed, "observers")), raw_dir)
+        timeline = st.plan_timeline([max(n, st.MIN_VOLUMES) for n in shortest], sl.rng(seed, "timeline"),
+                                    concentration=world.class_concentration)
+        st.write_observers(st.simulate_observers(timeline, observers, sl.rng(seed, "observers")), raw_dir)
     params = dict(seed=int(seed), subjects=subs, space=space, scale=int(scale), volumes_per_run=lengths,
                   runs=run_ids, null=bool(null), observers=observers,
                   annotations_dir=os.fspath(annotations_dir) if annotations_dir is not None else None,
                   class_strength=dict(zip(CLASSES, strength.tolist(), strict=True)),
                   class_shared=dict(zip(CLASSES, shared.tolist(), strict=True)),
                   noise={**vars(noise), "noise_sd": float(noise_sd), "noise_sd_at_scale": noise.noise_sd},
-                  short_runs=[[s, r, n] for (s, r), n in sorted(shorts.items())])
-    _write_bids_metadata(out, subs, space, params)
+                  short_runs=[[s, r, n] for (s, r), n in sorted(shorts.items())], preset=preset,
+                  absent_subjects=absent)
+    sl.write_bids_metadata(out, subs, space, int(seed), absent)
     # written now so that an interrupted generation can be overwritten; completed at the end
-    _write_json(gt / "generation.json", {**params, "complete": False})
+    sl.write_json(gt / "generation.json", {**params, "complete": False})
 
     grid = sb.make_grid(int(scale))
     mask = sb.brain_mask(grid)
-    group = sb.pattern_set(_rng(seed, "group"), grid, mask, len(CLASSES))
-    hrf = _hrf()
+    group_blobs = sb.pattern_blobs(sl.rng(seed, "group"), mask, len(CLASSES))
+    group, group_peaks = sb.pattern_values(group_blobs, grid, mask)
     episodes = timeline.to_frame()
     scores: dict[str, dict] = {}
     summary_runs: dict[str, dict[int, str]] = {}
     volumes: dict[str, dict[int, int]] = {}
     slopes: dict[str, float] = {}
+    subject_world: dict[str, dict] = {}
     paths = {"generation": gt / "generation.json", "mask": gt / "brain_mask.nii.gz",
              "group_patterns": gt / "patterns_group.nii.gz", "episodes": gt / "true_episodes.tsv",
              "true_classes": gt / "true_classes.tsv", "subject_patterns": {}}
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), grid.affine), paths["mask"])
-    _save_patterns(paths["group_patterns"], mask, group, grid)
-    for sub in subs:
-        rng = _rng(seed, "subject", sub)
-        model = sb.subject_model(rng, grid, mask, group, shared, noise)
+    sl.save_volumes(paths["group_patterns"], mask, group, grid)
+    sound = audio_map = None
+    if world.stimulus_strength > 0:
+        sound = ss.soundtrack(sl.rng(seed, "stimulus"))
+        audio_map = ss.auditory_map(grid, mask)
+        sound.to_csv(gt / "stimulus.tsv", sep="\t", index=False)
+        paths["stimulus"] = gt / "stimulus.tsv"
+        paths["auditory_map"] = sl.save_volumes(gt / "auditory_map.nii.gz", mask, audio_map[None], grid)
+    for index, sub in enumerate(subs):
+        rng = sl.rng(seed, "subject", sub)
+        draw = sr.draw_subject(int(seed), sub, index, world, grid, mask)
+        own_group = group
+        if world.misalignment_mm > 0:
+            own_group = sb.pattern_values(group_blobs, grid, mask, draw.pattern_shift_mm / grid.voxel_mm,
+                                          group_peaks)[0]
+        model = sb.subject_model(rng, grid, mask, own_group, shared, noise)
         amplitudes = rng.gamma(AMPLITUDE_SHAPE, 1 / AMPLITUDE_SHAPE, size=len(timeline.episodes))
         episodes[f"amplitude_sub-{sub}"] = np.round(amplitudes, 4)
-        stim = timeline.stimulus(amplitudes.astype(np.float32))
-        bold = np.stack([np.convolve(stim[:, k], hrf)[: len(stim)] for k in range(len(CLASSES))], axis=1)
+        hrf = ss.hrf(draw.hrf_peak_s)
+        bold = _convolve(timeline.stimulus(amplitudes.astype(np.float32)), hrf)
         bold *= strength * (0.0 if null else 1.0)
-        paths["subject_patterns"][sub] = _save_patterns(gt / f"sub-{sub}_patterns.nii.gz", mask, model.patterns, grid)
-        slopes[sub] = float(np.float32(2.0 * model.baseline.max() / 32000))
+        paths["subject_patterns"][sub] = sl.save_volumes(gt / f"sub-{sub}_patterns.nii.gz", mask, model.patterns,
+                                                         grid)
+        if draw.keep is not None:
+            nib.save(nib.Nifti1Image(draw.coverage.astype(np.uint8), grid.affine), gt / f"sub-{sub}_brain_mask.nii.gz")
+        audio = None
+        if sound is not None:
+            response = world.stimulus_strength * ss.stimulus_response(sound["drive"].to_numpy(), hrf)
+            audio = (response, audio_map[None] if draw.keep is None else audio_map[None, draw.keep])
+        spiky = world.spikes_per_run > 0
+        edge = sr.edge_weight(draw.coverage, grid.voxel_mm) if spiky else None
+        headroom = max(draw.run_intensity.values()) * (1 + 1.4 * world.spike_size / 100 if spiky else 1.0)
+        slopes[sub] = float(np.float32(2.0 * model.baseline.max() * headroom / 32000))
+        model = sr.restrict(model, draw.keep)
         summary_runs[sub], volumes[sub] = {}, {}
+        subject_world[sub] = {**draw.record(grid), "runs": {}}
         # scored from the blocks as they are written (z-scoring ignores the slope): reading
         # 8 GB of gzip back would add minutes per subject at full size
-        scorer = OracleScorer(out, params, sub, mask, model.patterns.T) if oracle else None
+        scorer = OracleScorer(out, params, sub, draw.coverage, model.patterns.T) if oracle else None
         for run in run_ids:
             n = shorts.get((sub, run), lengths[run - 1])
-            mid = (SEGMENT_STARTS[run - 1] + TR * np.arange(n) + TR / 2).astype(int)
+            mid = (volume_movie_times(run, n) + TR / 2).astype(int)
             path = bold_path(out, sub, run, space)
-            header = sb.run_header(grid, n, slopes[sub], _QFORM_CODE[space])
-            blocks = sb.run_chunks(model, bold[mid], noise, _rng(seed, "run", sub, run))
+            header = sb.run_header(grid, n, slopes[sub], _QFORM_CODE[space], draw.dtype)
+            extra = None if audio is None else (audio[0][mid, None], audio[1])
+            blocks = sb.run_chunks(model, bold[mid], noise, sl.rng(seed, "run", sub, run), extra=extra)
+            effects = sr.draw_run(int(seed), sub, run, n, world, draw.run_intensity[run])
+            if spiky or effects.factor != 1.0:
+                blocks = sr.scanner_effects(blocks, effects, edge)
             tap = scorer.collector(n) if scorer is not None else None
             with tqdm(total=n, desc=f"sub-{sub} run-{run}", unit="vol", disable=not progress) as bar:
-                sb.write_run(path, header, mask, blocks, bar, tap)
+                sb.write_run(path, header, draw.coverage, blocks, bar, tap)
+            if world.motion_files:
+                effects.motion.to_csv(sr.motion_path(path), sep="\t", index=False, na_rep="n/a")
             if scorer is not None:
                 scorer.add_run(run, tap.data)
                 del tap
             summary_runs[sub][run], volumes[sub][run] = str(path), n
+            subject_world[sub]["runs"][str(run)] = effects.record()
         if scorer is not None:
             scores[sub] = scorer.result()
     episodes.to_csv(paths["episodes"], sep="\t", index=False)
-    longest = {r: max(v[r] for v in volumes.values()) for r in run_ids}
-    rows = []
-    for run in run_ids:
-        movie = SEGMENT_STARTS[run - 1] + TR * np.arange(longest[run])
-        label_time = movie + TR / 2 - TRUTH_LAG
-        true = timeline.classes_at(label_time)
-        rows.append(pd.DataFrame({"run": run, "volume": np.arange(longest[run]), "movie_time": movie,
-                                  "label_time": label_time,
-                                  "true_class": np.array(list(CLASSES) + ["NONE"], dtype=object)[true]}))
-    pd.concat(rows).to_csv(paths["true_classes"], sep="\t", index=False)
-    _write_json(paths["generation"], {
+    _true_classes(timeline, volumes, run_ids).to_csv(paths["true_classes"], sep="\t", index=False)
+    dtypes = {s: w["dtype"] for s, w in subject_world.items()}
+    sl.write_json(paths["generation"], {
         **params, "complete": True, "version": __version__, "classes": list(CLASSES), "grid_shape": list(grid.shape),
         "voxel_mm": grid.voxel_mm, "affine": grid.affine.tolist(), "n_brain_voxels": int(mask.sum()),
-        "dtype": "int16", "scl_slope": slopes, "run_volumes": volumes, "truth_lag": TRUTH_LAG,
-        "amplitude_gamma_shape": AMPLITUDE_SHAPE, "hrf": "nilearn glover_hrf, 1 s, normalised to unit sum",
+        "dtype": next(iter(set(dtypes.values()))) if len(set(dtypes.values())) == 1 else "mixed",
+        "subject_dtype": dtypes, "scl_slope": slopes, "run_volumes": volumes, "truth_lag": TRUTH_LAG,
+        "amplitude_gamma_shape": AMPLITUDE_SHAPE,
+        "hrf": "nilearn glover_hrf, 1 s, normalised to unit sum; stretched to subject_world.hrf_peak_s when set",
         "timeline": "annotations" if annotations_dir is not None else "planned",
-        "signal_model": "baseline*(1+(drift+smooth AR1+voxel AR1+sum_c strength_c*hrf*(episodes_c*amplitude)"
-                        "*pattern_c)/100); pattern_c=sqrt(shared_c)*group_c+sqrt(1-shared_c)*own_c"})
+        "signal_model": "run_factor*spike*baseline*(1+(drift+smooth AR1+voxel AR1+sum_c strength_c*hrf*(episodes_c"
+                        "*amplitude)*pattern_c+stimulus_strength*z(hrf*drive)*auditory_map)/100); pattern_c="
+                        "sqrt(shared_c)*shift(group_c)+sqrt(1-shared_c)*own_c; 0 outside the subject's coverage",
+        "auditory_centres_mm": [list(c) for c in ss.AUDITORY_CENTRES_MM] if sound is not None else None,
+        "world": world.record(), "subject_world": subject_world})
     if oracle:
-        _write_json(gt / "oracle.json", scores)
+        sl.write_json(gt / "oracle.json", scores)
         paths["oracle"] = gt / "oracle.json"
     return {
-        "root": str(out), "space": space, "subjects": subs, "runs": summary_runs, "volumes": volumes,
-        "annotations": str(out / "annotations"),
+        "root": str(out), "space": space, "preset": preset, "subjects": subs, "runs": summary_runs,
+        "volumes": volumes, "annotations": str(out / "annotations"),
         "ground_truth": {k: ({s: str(p) for s, p in v.items()} if isinstance(v, dict) else str(v))
                          for k, v in paths.items()},
         "oracle": {s: v["balanced_accuracy"] for s, v in scores.items()},

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from monai_emotion.data.labels import CLASSES, derive_labels
-from monai_emotion.data.studyforrest import SEGMENT_STARTS, TR, discover_runs, normalize_subject
+from monai_emotion.data.studyforrest import TR, discover_runs, normalize_subject, volume_movie_times
 from monai_emotion.data.synthetic.timeline import Timeline
 from monai_emotion.errors import ConfigError, LayoutError
 
@@ -71,7 +71,7 @@ class OracleScorer:
     generation
         Its generation parameters (``ground_truth/generation.json``).
     subject, mask, patterns
-        Subject label, brain mask and the subject's ``(V, K)`` true patterns in mask order.
+        Subject label, the subject's brain mask (its coverage) and its ``(V, K)`` true patterns in mask order.
     lag, labels, threshold, max_voxels
         See :func:`oracle_decode`.
     """
@@ -95,13 +95,13 @@ class OracleScorer:
             self.labels = {r: f["label_index"].to_numpy() for r, f in table.groupby("run")}
         else:
             timeline = Timeline.from_frame(pd.read_csv(root / "ground_truth" / "true_episodes.tsv", sep="\t"))
-            self.labels = {r: timeline.classes_at(SEGMENT_STARTS[r - 1] + TR * np.arange(lengths[r - 1])
-                                                  + TR / 2 - lag) for r in runs}
+            self.labels = {r: timeline.classes_at(volume_movie_times(r, lengths[r - 1]) + TR / 2 - lag)
+                           for r in runs}
         self.truth: list[np.ndarray] = []
         self.predicted: list[np.ndarray] = []
 
     def collector(self, n_volumes: int) -> _Collector:
-        """A :func:`~monai_emotion.data.synthetic_bold.write_run` tap keeping this scorer's voxels."""
+        """A :func:`~monai_emotion.data.synthetic.bold.write_run` tap keeping this scorer's voxels."""
         return _Collector(n_volumes, self.keep)
 
     def add_run(self, run: int, data: np.ndarray) -> None:
@@ -180,7 +180,11 @@ def oracle_decode(
     if not pattern_path.is_file():
         raise LayoutError(f"no ground-truth patterns for sub-{sub}", pattern_path,
                           fix=f"use one of the generated subjects {generation['subjects']}")
-    mask = np.asarray(nib.load(root / "ground_truth" / "brain_mask.nii.gz").dataobj) > 0
+    # a realistic world's subject covers part of the group mask: its own mask says which part
+    mask_path = root / "ground_truth" / f"sub-{sub}_brain_mask.nii.gz"
+    if not mask_path.is_file():
+        mask_path = root / "ground_truth" / "brain_mask.nii.gz"
+    mask = np.asarray(nib.load(mask_path).dataobj) > 0
     patterns = np.asarray(nib.load(pattern_path).dataobj, dtype=np.float32)[mask]
     scorer = OracleScorer(root, generation, sub, mask, patterns, lag=lag, labels=labels,
                           threshold=threshold, max_voxels=max_voxels)

@@ -171,15 +171,17 @@ def _fill(a: int, b: int, rng: np.random.Generator, weights: np.ndarray, run: in
 
 
 def plan_timeline(
-    run_lengths: Sequence[int], rng: np.random.Generator, segment_starts: Sequence[float] = SEGMENT_STARTS
+    run_lengths: Sequence[int], rng: np.random.Generator, segment_starts: Sequence[float] = SEGMENT_STARTS,
+    concentration: float = 20.0,
 ) -> Timeline:
     """Draw the hidden timeline over the whole movie.
 
     Each run ``r`` owns a region inside the volumes it has (``run_lengths[r-1]``, the
     shortest version over subjects) that holds at least one episode of every class, so any
     held-out run contains every class; the movie between regions is filled the same way
-    without that guarantee. Class shares vary by run (Dirichlet around the real shares), as
-    the real data's do.
+    without that guarantee. Class shares vary by run (Dirichlet around the real shares with
+    this ``concentration``: 20 keeps them close, a few makes each run dominated by some
+    classes, as the real data's FEAR in run 4).
     """
     base = class_frequencies()
     regions: list[tuple[int, int, int]] = []
@@ -202,7 +204,7 @@ def plan_timeline(
         regions.append((cursor, end, 0))
     episodes: list[TrueEpisode] = []
     for a, b, run in regions:
-        weights = rng.dirichlet(20.0 * base)
+        weights = rng.dirichlet(concentration * base)
         episodes += [TrueEpisode(*e) for e in _fill(a, b, rng, weights, run)]
     second = np.full(end, -1, dtype=np.int32)
     for i, e in enumerate(episodes):
