@@ -12,7 +12,7 @@ __version__ = "0.2.0"
 #: ``checkpoints``, ``handlers`` and ``writers`` moved into ``engine/`` in 0.2.0; configs
 #: written for 0.1.0 still reach them here
 __getattr__ = lazy_getattr(__name__, {
-    **{n: n for n in ("data", "engine", "errors", "experiment", "fileio", "inference", "metrics",
+    **{n: n for n in ("contract", "data", "engine", "errors", "experiment", "export", "fileio", "inference", "metrics",
                       "networks", "runtime", "study", "transforms")},
     "checkpoints": "engine.checkpoints", "handlers": "engine.handlers", "writers": "engine.writers",
 })

@@ -197,6 +197,22 @@ def study(config: str, out: str | None = None, only: str | None = None, force: b
     study_cli(config, out=out, only=only, force=force)
 
 
+def export(bundle_root: str = "bundles/emotion_3dcnn", out: str | None = None, ckpt_dir: str | None = None,
+           onnx: bool = True) -> None:
+    """Export a trained bundle for the MONAI model zoo and run the zoo's checks on it.
+
+    Parameters
+    ----------
+    bundle_root: the trained bundle (its models/ holds model.pt, contract.json, mask.nii.gz)
+    out: the exported bundle folder (default <bundle_root>/export; replaced)
+    ckpt_dir: the model folder, if not <bundle_root>/models
+    onnx: also export ONNX and compare ONNX Runtime with torch (needs the `export` extra)
+    """
+    from monai_emotion.export import export_bundle, print_report
+
+    print_report(export_bundle(bundle_root, out, ckpt_dir=ckpt_dir, onnx=onnx))
+
+
 def _commands() -> dict[str, Callable]:
     return {
         "labels": labels,
@@ -205,6 +221,7 @@ def _commands() -> dict[str, Callable]:
         "make-synthetic": make_synthetic,
         "prepare": prepare,
         "study": study,
+        "export": export,
     }
 
 

@@ -1,63 +1,31 @@
-"""Inputs for the inference bundle: every volume of some 4D runs, through the training preprocessing.
+"""Inputs for the inference bundle: every volume of some 4D runs, through the model's contract.
 
-A model only sees volumes cleaned the way its training data were (mask, crop, downsampling,
-per-run detrending and z-scoring), so inference caches its inputs with the preprocessing that
-training recorded in ``models/data_config.json``.
+A model only sees volumes prepared the way its training data were: the training's mask and
+crop (from ``models/mask.nii.gz``, never recomputed from the new inputs), downsampling,
+per-run detrending and z-scoring, with voxels outside a run's own coverage zero-filled
+(:mod:`monai_emotion.contract`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_emotion.data.studyforrest import SEGMENT_STARTS, TR, normalize_subject
-from monai_emotion.errors import ConfigError, LayoutError
+import numpy as np
 
-__all__ = ["save_data_config", "load_data_config", "trained_spatial_shape", "prepare_inference"]
+from monai_emotion.contract import check_source_grid, load_contract
+from monai_emotion.data.studyforrest import TR, discover_runs, normalize_subject, volume_movie_times
+from monai_emotion.errors import LayoutError
+from monai_emotion.fileio import atomic_write_json, read_json
 
-_DATA_CONFIG = "data_config.json"
+__all__ = ["prepare_inference"]
+
 _ENTITY = re.compile(r"sub-([A-Za-z0-9]+).*?run-0*(\d+)")
 #: generous per-run volume cap for inputs that are not the studyforrest movie runs
 _ANY_LENGTH = (10**6,) * 99
-
-
-def save_data_config(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any]) -> Path:
-    """Record what inference must repeat: space, preprocessing, classes and grid shape."""
-    from monai_emotion.fileio import atomic_write_json
-    from monai_emotion.runtime import is_rank0
-
-    path = Path(ckpt_dir) / _DATA_CONFIG
-    if not is_rank0():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "space": experiment["space"],
-        "preprocessing": experiment["preprocessing"].to_dict(),
-        "classes": list(experiment["classes"]),
-        "spatial_shape": list(experiment["spatial_shape"]),
-    }
-    return atomic_write_json(path, config)
-
-
-def load_data_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``data_config.json`` written by training next to ``model.pt``."""
-    path = Path(ckpt_dir) / _DATA_CONFIG
-    if not path.is_file():
-        raise ConfigError("no data_config.json beside the model", path,
-                          fix="train the bundle first (training writes it), or pass --ckpt_dir")
-    return json.loads(path.read_text())
-
-
-def trained_spatial_shape(ckpt_dir: str | os.PathLike, default: Sequence[int]) -> list[int]:
-    """The grid the model in ``ckpt_dir`` was trained on, else ``default`` (the declared shape)."""
-    path = Path(ckpt_dir) / _DATA_CONFIG
-    if path.is_file():
-        return [int(s) for s in json.loads(path.read_text())["spatial_shape"]]
-    return [int(s) for s in default]
 
 
 def _stage_files(files: Sequence[Path], staging: Path) -> str:
@@ -81,36 +49,47 @@ def prepare_inference(
     cache_dir: str | os.PathLike | None = None,
     subjects: Sequence[str | int] | None = None,
     space: str | None = None,
+    output_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Items for every volume of the given runs, cached with the training preprocessing.
+    """Items for every volume of the given runs, cached through the model's contract.
 
     Parameters
     ----------
     inputs
         A 4D NIfTI file, a folder of them, or a BIDS root (then ``subjects`` and ``space``
-        choose the runs, as for training).
+        choose the runs, as for training). Every run must be on the training's source grid.
     ckpt_dir
-        The model folder holding ``data_config.json``.
+        The model folder holding ``model.pt``, ``contract.json`` and ``mask.nii.gz``.
     cache_dir
         Where the preprocessed inputs go (default: a folder in the user cache).
+    output_dir
+        Where ``coverage.json`` (the covered fraction of the mask per run) is written.
 
     Returns
     -------
     dict
-        ``items`` (one per volume, label -1), ``classes``, ``spatial_shape``, ``cache_dir``.
+        ``items`` (one per volume, label -1), ``classes``, ``spatial_shape``, ``cache_dir``,
+        ``coverage`` (``{"sub-XX_run-YY": fraction}``).
+
+    Raises
+    ------
+    ImageError
+        A run on another grid than the training's, or covering less than the contract's
+        ``min_coverage`` of the training mask.
     """
     from monai_emotion.data.cache import prepare_cache
     from monai_emotion.runtime import user_cache_dir
 
-    config = load_data_config(ckpt_dir)
+    contract = load_contract(ckpt_dir)
     source = Path(inputs)
     if not source.exists():
         raise LayoutError("inference input not found", source,
                           fix="pass a 4D .nii/.nii.gz file, a folder of them, or a BIDS root")
-    cache = Path(cache_dir) if cache_dir else user_cache_dir() / "inference" / source.resolve().name
+    cache = Path(cache_dir) if cache_dir else (
+        user_cache_dir() / "inference" / f"{source.resolve().name}-{contract.digest()}")
     if source.is_dir() and ((source / "dataset_description.json").is_file() or any(source.glob("sub-*"))):
-        root, pattern = source, space or config["space"]
+        root, pattern = source, space or contract.space
     else:
         files = [source] if source.is_file() else sorted(
             p for p in source.iterdir() if p.name.endswith((".nii", ".nii.gz")))
@@ -119,16 +98,30 @@ def prepare_inference(
                               fix="pass a 4D run, a folder of runs, or a BIDS root")
         root = cache
         pattern = _stage_files(files, cache / "inputs")
-    index = prepare_cache(root, cache / "preprocessed", space=pattern, subjects=subjects,
-                          expected_volumes=_ANY_LENGTH if pattern != config["space"] else None,
-                          progress=progress, **config["preprocessing"])
-    items = []
+    lengths = {"expected_volumes": _ANY_LENGTH} if pattern != contract.space else {}
+    subject_list = [normalize_subject(s) for s in subjects] if subjects is not None else None
+    check_source_grid(contract, discover_runs(root, pattern, subject_list, **lengths).runs)
+    index = prepare_cache(root, cache / "preprocessed", contract.inference_spec(ckpt_dir), space=pattern,
+                          subjects=subject_list, progress=progress, **lengths)
+    items, coverage = [], {}
     for (subject, run), entry in sorted(index.items()):
-        start = SEGMENT_STARTS[run - 1] if 1 <= run <= len(SEGMENT_STARTS) else 0.0
+        if entry.frame_shape != contract.spatial_shape:  # the contract's mask and crop make it equal
+            raise LayoutError(f"cached grid {entry.frame_shape} differs from the model's {contract.spatial_shape}",
+                              entry.sidecar, fix="delete this inference cache folder and run again")
+        meta = read_json(entry.sidecar) or {}
+        coverage[f"sub-{subject}_run-{run:02d}"] = float(meta.get("coverage", {}).get("fraction", 1.0))
+        times = volume_movie_times(run, entry.n_volumes) if 1 <= run <= 8 else TR * np.arange(entry.n_volumes)
         items += [
             {"image": entry.path, "frame": t, "label": -1, "subject": subject, "run": run,
-             "movie_time": start + TR * t, "source_image": entry.source}
+             "movie_time": float(times[t]), "source_image": entry.source}
             for t in range(entry.n_volumes)
         ]
-    return {"items": items, "classes": config["classes"], "spatial_shape": config["spatial_shape"],
-            "cache_dir": str(cache)}
+    if progress:
+        shown = ", ".join(f"{k} {v:.1%}" for k, v in coverage.items())
+        print(f"coverage of the model's mask per run: {shown}", flush=True)
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(output_dir) / "coverage.json",
+                          {"min_coverage": contract.preprocessing.get("min_coverage"), "runs": coverage})
+    return {"items": items, "classes": list(contract.classes), "spatial_shape": list(contract.spatial_shape),
+            "cache_dir": str(cache), "coverage": coverage}

@@ -8,8 +8,8 @@ from scipy.stats import binomtest
 from monai_emotion.metrics import wilson_interval
 
 #: Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison of
-#: seven methods", Statistics in Medicine 17:857-872, Table II, method 3 (Wilson score, no
-#: continuity correction), 95 %: (successes, n) -> (lower, upper), printed to 4 decimals
+#: seven methods", Statistics in Medicine 17:857-872: its worked examples, method 3 (Wilson
+#: score, no continuity correction), 95 %: (successes, n) -> (lower, upper), printed to 4 decimals
 NEWCOMBE_1998 = {
     (81, 263): (0.2553, 0.3662),
     (15, 148): (0.0624, 0.1605),

@@ -17,7 +17,7 @@ import pytest
 from monai_emotion.data.splits import _movie_intervals
 from monai_emotion.errors import ConfigError
 from monai_emotion.experiment import make_splits
-from monai_emotion.study.config import DEFAULTS, load_study
+from monai_emotion.study.config import load_study, parse_study
 from monai_emotion.study.permutation import MIN_EMPIRICAL, chance_interval, p_value
 from monai_emotion.study.plan import ModelSpec, plan_study, validation_run
 from monai_emotion.study.plan import TestSet as HeldOut
@@ -90,8 +90,8 @@ def test_config_defaults_and_errors(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"data": {"synthetic": {"subjects": 2}}, "training": {"epochs": 3}}))
     study = load_study(path)
-    assert study.name == "s" and study["training"]["epochs"] == 3
-    assert study["splits"]["run_folds"] == 4 and study["permutations"]["linear"] == 200
+    assert study.name == "s" and study.training.epochs == 3
+    assert study.splits.run_folds == 4 and study.permutations.linear == 200
     assert (study.bundle / "configs" / "train.json").is_file()
     path.write_text(json.dumps({"data": {"synthetic": {}}, "trainin": {}}))
     with pytest.raises(ConfigError, match="trainin") as err:
@@ -119,9 +119,8 @@ def _items() -> list[dict]:
 
 def test_plan_has_leak_free_splits():
     items = _items()
-    settings = json.loads(json.dumps(DEFAULTS))
-    settings["splits"]["folds"] = [0, 1]
-    plan = plan_study(items, settings, 5)
+    study = parse_study({"data": {"synthetic": {"subjects": 2}}, "splits": {"folds": [0, 1]}}, "plan.json")
+    plan = plan_study(items, study, 5)
     assert plan.describe()["models"] == {"within": 4, "cross": 2, "unseen": 2, "leaky": 2}
     for spec in plan.models:
         if spec.experiment == "leaky":
@@ -269,7 +268,7 @@ def test_permuted_items_equal_the_bundles(planted_study):
         warnings.simplefilter("ignore")
         plain = bundle_experiment(study, base)
         permuted = bundle_experiment(study, {**base, "data#label_permutation": 5})
-    table = VolumeTable(plain, "av", 0.5)
+    table = VolumeTable(plain)
     ours = [(i["subject"], i["run"], i["frame"], i["label"]) for i in table.items(4.0, 5)]
     theirs = [(i["subject"], i["run"], i["frame"], i["label"]) for i in permuted["train"]]
     assert ours == theirs

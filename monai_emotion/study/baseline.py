@@ -3,7 +3,7 @@
 ``StandardScaler -> SelectKBest(f_classif)`` (voxel screening) ``or PCA -> LogisticRegression``,
 fitted on a model's training items and scored on each of its test sets. Items and splits come
 from the bundle's own functions (``make_splits`` on :class:`~monai_emotion.study.features.VolumeTable`
-items), so a linear model and the CNN of the same :class:`~monai_emotion.study.plan.ModelSpec`
+items, built by the bundle's item builder), so a linear model and the CNN of the same :class:`~monai_emotion.study.plan.ModelSpec`
 see exactly the same volumes. The validation run, which the CNN uses only to pick its
 checkpoint, is not used here.
 """
@@ -20,6 +20,7 @@ import pandas as pd
 from monai_emotion.experiment import make_splits
 from monai_emotion.study.features import FeatureStore, VolumeTable, select_subjects
 from monai_emotion.study.plan import ModelSpec, TestSet
+from monai_emotion.study.settings import BaselineSettings
 
 __all__ = ["make_decoder", "LinearBaseline", "PREDICTION_COLUMNS"]
 
@@ -27,7 +28,7 @@ __all__ = ["make_decoder", "LinearBaseline", "PREDICTION_COLUMNS"]
 PREDICTION_COLUMNS = ("subject", "run", "volume", "movie_time", "true_label", "predicted_label")
 
 
-def make_decoder(settings: Mapping[str, Any], n_features: int) -> Any:
+def make_decoder(settings: BaselineSettings, n_features: int) -> Any:
     """The scikit-learn pipeline of the baseline (``settings``: the study's ``baseline`` section)."""
     from sklearn.decomposition import PCA
     from sklearn.feature_selection import SelectKBest, f_classif
@@ -35,13 +36,11 @@ def make_decoder(settings: Mapping[str, Any], n_features: int) -> Any:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if settings["reduction"] == "pca":
-        reduce = PCA(n_components=int(settings["components"]), svd_solver="randomized", random_state=0)
+    if settings.reduction == "pca":
+        reduce = PCA(n_components=settings.components, svd_solver="randomized", random_state=0)
     else:
-        k = int(settings["k"])
-        reduce = SelectKBest(f_classif, k="all" if k >= n_features else k)
-    classifier = LogisticRegression(C=float(settings["C"]), max_iter=int(settings["max_iter"]),
-                                    tol=float(settings["tol"]))
+        reduce = SelectKBest(f_classif, k="all" if settings.k >= n_features else settings.k)
+    classifier = LogisticRegression(C=settings.C, max_iter=settings.max_iter, tol=settings.tol)
     return make_pipeline(StandardScaler(), reduce, classifier)
 
 
@@ -65,11 +64,11 @@ class LinearBaseline:
         Class names, in label-index order.
     """
 
-    def __init__(self, table: VolumeTable, store: FeatureStore, settings: Mapping[str, Any],
+    def __init__(self, table: VolumeTable, store: FeatureStore, settings: BaselineSettings,
                  classes: Sequence[str]) -> None:
         self.table = table
         self.store = store
-        self.settings = dict(settings)
+        self.settings = settings
         self.classes = list(classes)
 
     def fit_predict(self, spec: ModelSpec, with_probabilities: bool = False) -> dict[str, pd.DataFrame]:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from monai_emotion.errors import ConfigError
+from monai_emotion.fileio import atomic_write_json, read_json
 from monai_emotion.study.config import Study
 from monai_emotion.study.plan import ModelSpec, TestSet
 
@@ -30,21 +31,24 @@ __all__ = ["base_overrides", "model_overrides", "test_overrides", "config_files"
 
 
 def base_overrides(study: Study, dataset_dir: str, annotations_dir: str) -> dict[str, Any]:
-    """Bundle overrides shared by every model of the study (data, labels, network, training)."""
-    s = study.settings
+    """Bundle overrides shared by every model of the study (data, labels, network, training).
+
+    The label rule and the preprocessing go in whole (``data#labels``, ``data#preprocessing``:
+    every field), so the bundle's own defaults for them never enter a study.
+    """
     overrides: dict[str, Any] = {
         "bundle_root": str(study.bundle),
         "dataset_dir": dataset_dir,
         "annotations_dir": annotations_dir,
-        "cache_dir": s["data"]["cache_dir"] or "",
-        "data#space": s["data"]["space"],
-        "data#labels": dict(s["labels"]),
-        "data#preprocessing": dict(s["preprocessing"]),
-        "data#subjects": list(s["subjects"]) if s["subjects"] else None,
+        "cache_dir": study.data.cache_dir or "",
+        "data#space": study.data.space,
+        "data#labels": study.labels.to_dict(),
+        "data#preprocessing": study.preprocessing.to_dict(),
+        "data#subjects": list(study.subjects) if study.subjects else None,
     }
-    overrides.update({f"network_def#{k}": v for k, v in s["network"].items()})
-    overrides.update(s["training"])
-    overrides.update(s["bundle_overrides"])
+    overrides.update({f"network_def#{k}": v for k, v in study.network.items()})
+    overrides.update(study.training.to_dict())
+    overrides.update(study.bundle_overrides)
     return overrides
 
 
@@ -204,14 +208,8 @@ class CNNRunner:
 
     def done(self, spec: ModelSpec) -> bool:
         """Whether ``spec``'s results exist and were made with the same settings."""
-        record = self.folder(spec) / "model.json"
-        if not record.is_file():
-            return False
-        try:
-            saved = json.loads(record.read_text())
-        except json.JSONDecodeError:
-            return False
-        return saved.get("digest") == self._digest(spec) and all(
+        saved = read_json(self.folder(spec) / "model.json")  # None: missing or unreadable
+        return saved is not None and saved.get("digest") == self._digest(spec) and all(
             (self.folder(spec) / "eval" / t.name / "predictions.csv").is_file() for t in spec.test_sets
         )
 
@@ -243,14 +241,6 @@ class CNNRunner:
             evals[test.name] = time.perf_counter() - t0
         record = {"id": spec.id, "digest": self._digest(spec), "train_seconds": round(train_s, 2),
                   "eval_seconds": {k: round(v, 2) for k, v in evals.items()},
-                  "epochs": self.base.get("epochs"), "spec": _jsonable(spec)}
-        tmp = record_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(tmp, record_path)  # written last: its presence means the model is complete
+                  "epochs": self.base.get("epochs"), "spec": asdict(spec)}
+        atomic_write_json(record_path, record)  # written last: its presence means the model is complete
         return record
-
-
-def _jsonable(spec: ModelSpec) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(spec), default=str))

@@ -1,104 +1,51 @@
 """The study config: one JSON file that names the data, the labels, the network, the training
 settings, the splits, the experiments, the baseline and the permutations.
 
-Every key has a default (:data:`DEFAULTS`); a study file only writes what it changes. Unknown
-keys are errors (a misspelt key would otherwise be silently ignored). Relative paths are
-relative to the study file's folder.
+Every key has a default (the section dataclasses of :mod:`.settings`; :data:`DEFAULTS` is their
+JSON form);
+a study file only writes what it changes. Unknown keys are errors (a misspelt key would
+otherwise be silently ignored). Relative paths are relative to the study file's folder. The
+file is read and checked once, by :func:`load_study`, into a typed :class:`Study`: the label
+rule is a :class:`~monai_emotion.data.labels.LabelRule`, the preprocessing a
+:class:`~monai_emotion.data.cache.spec.PreprocessingSpec` (replaced as a whole: keys a study
+does not give take the spec's defaults), every other section a frozen dataclass.
 """
 
 from __future__ import annotations
 
-import copy
-import json
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monai_emotion.errors import ConfigError
+from monai_emotion.data.cache.spec import PreprocessingSpec
+from monai_emotion.data.labels import LabelRule
+from monai_emotion.data.studyforrest import normalize_subject
+from monai_emotion.errors import ConfigError, MonaiEmotionError
+from monai_emotion.fileio import load_json
+from monai_emotion.study.settings import (
+    EXPERIMENTS,
+    BaselineSettings,
+    DataSettings,
+    FigureSettings,
+    LeakySettings,
+    PermutationSettings,
+    RuntimeSettings,
+    SplitSettings,
+    TrainingSettings,
+    experiment_names,
+    plain,
+    text,
+)
 
-__all__ = ["DEFAULTS", "EXPERIMENTS", "Study", "load_study", "default_bundle"]
-
-#: the experiments a study can run, in report order
-EXPERIMENTS: tuple[str, ...] = ("within", "cross", "unseen", "leaky")
-
-DEFAULTS: dict[str, Any] = {
-    # name of results/<name>/ (default: the study file's stem)
-    "name": None,
-    # bundle root holding configs/train.json and configs/evaluate.json (default: the packaged one)
-    "bundle": None,
-    "data": {
-        # a real BIDS root of ds000113 and the studyforrest-data-annotations folder ...
-        "dataset_dir": None,
-        "annotations_dir": None,
-        # ... or a synthetic dataset made once: any keyword of monai_emotion.data.synthetic.make_synthetic
-        "synthetic": None,
-        # where the synthetic dataset goes (default: the user cache, shared between studies)
-        "synthetic_root": None,
-        "space": "nonlinear",
-        # preprocessing cache folder (default: the user cache, one folder per dataset and parameters)
-        "cache_dir": None,
-    },
-    "labels": {"observers": "av", "threshold": 0.5, "lag": 4.0},
-    # subject labels to use (default: every subject found)
-    "subjects": None,
-    # the bundle's data#preprocessing, replaced as a whole. One grid for all subjects ("group"
-    # mask), or the cross-subject models could not batch frames of different subjects. No
-    # high-pass by default: on full-length runs a 0.01 Hz one removes decodable signal; runs cut
-    # short (demos) need one, see docs/validation.md
-    "preprocessing": {"downsample": 2, "mask_strategy": "group", "detrend": True, "standardize": True,
-                      "high_pass": None},
-    # keywords of the bundle's network_def (EmotionCNN3D)
-    "network": {"head": "flatten"},
-    # top-level bundle keys: epochs, batch_size, learning_rate, val_interval, seed, cache_rate, ...
-    "training": {"epochs": 50},
-    # this process: torch intra-op threads (1 is fastest on small, shared CPUs; see docs/performance.md)
-    # parallel_baseline: fit the linear baseline and its permutations in a second process while
-    # the CNNs train (each side uses one core)
-    "runtime": {"threads": 1, "parallel_baseline": True},
-    "splits": {
-        # runs grouped into folds with every class in every test fold (data.splits.run_folds)
-        "run_folds": 4,
-        # which of those folds get within/cross models (null: all, i.e. full cross-validation)
-        "folds": None,
-        # the run fold whose runs are held out in the unseen-subject models
-        "unseen_run_fold": 0,
-        # "seed" (the seed's 4 folds by position) or "loso"
-        "subject_folds": "seed",
-        # seconds of movie time dropped from training around held-out runs (beyond their overlap)
-        "gap": 0.0,
-    },
-    "experiments": list(EXPERIMENTS),
-    # the seed's protocol: random per-volume split, no lag (warned and labelled "leaky")
-    "leaky": {"test_fraction": 0.2, "lag": 0.0, "seed": 0},
-    # tol 1e-2 / max_iter 100: the same held-out accuracy as tol 1e-4, in under half the time
-    "baseline": {"enabled": True, "reduction": "kbest", "k": 500, "components": 50, "C": 1.0,
-                 "max_iter": 100, "tol": 1e-2},
-    "permutations": {
-        # whole refits with labels circularly shifted within runs
-        "linear": 200,
-        "cnn": 0,
-        "cnn_experiments": ["within"],
-        "first_seed": 1,
-    },
-    "figures": {"pie_subject": None, "pie_emotion": "LOVE", "embedding_model": None,
-                "tsne_perplexity": 30.0, "max_embedding_points": 2000},
-    # any other bundle override, e.g. {"train#handlers#0#interval": 2}
-    "bundle_overrides": {},
-}
-
-_OPEN_SECTIONS = ("network", "training", "preprocessing", "bundle_overrides")
-
-
-def default_bundle() -> Path:
-    """The repository's ``bundles/emotion_3dcnn`` (the package is installed from the repository)."""
-    return Path(__file__).resolve().parents[2] / "bundles" / "emotion_3dcnn"
+__all__ = ["DEFAULTS", "Study", "default_bundle", "load_study", "parse_study"]
 
 
 @dataclass(frozen=True)
 class Study:
-    """A resolved study config.
+    """A resolved study config: every section typed, defaults filled in, paths absolute.
 
     Attributes
     ----------
@@ -106,49 +53,105 @@ class Study:
         Study name (results folder name).
     source
         The study file.
-    settings
-        Every setting, defaults filled in, paths absolute.
+    bundle
+        Bundle root holding ``configs/train.json`` and ``configs/evaluate.json``.
+    data, labels, subjects, preprocessing, network, training, runtime, splits, experiments, leaky,
+    baseline, permutations, figures, bundle_overrides
+        The sections of the study file (``network`` and ``bundle_overrides`` are open: keywords
+        of the bundle's ``network_def`` and any other bundle override).
     """
 
     name: str
     source: Path
-    settings: dict[str, Any]
+    bundle: Path
+    data: DataSettings
+    labels: LabelRule
+    subjects: tuple[str, ...] | None
+    preprocessing: PreprocessingSpec
+    network: Mapping[str, Any]
+    training: TrainingSettings
+    runtime: RuntimeSettings
+    splits: SplitSettings
+    experiments: tuple[str, ...]
+    leaky: LeakySettings
+    baseline: BaselineSettings
+    permutations: PermutationSettings
+    figures: FigureSettings
+    bundle_overrides: Mapping[str, Any]
 
-    def __getitem__(self, key: str) -> Any:
-        return self.settings[key]
-
-    @property
-    def bundle(self) -> Path:
-        return Path(self.settings["bundle"])
-
-    @property
-    def experiments(self) -> list[str]:
-        return list(self.settings["experiments"])
-
-    def to_json(self) -> str:
-        return json.dumps({"name": self.name, "source": str(self.source), **self.settings}, indent=2,
-                          default=str) + "\n"
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as JSON (what ``study.json`` in the results folder holds)."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def _merge(base: dict[str, Any], given: Mapping[str, Any], path: str, source: Path) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in given.items():
-        where = f"{path}{key}"
-        if key not in base:
-            raise ConfigError(f"unknown study key {where!r}", source,
-                              fix=f"use one of {sorted(base)} (see monai_emotion/study/config.py)")
-        if isinstance(base[key], dict) and key not in _OPEN_SECTIONS and base[key]:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where!r} must be an object", source, fix=f"write {where} as {{...}}")
-            out[key] = _merge(base[key], value, f"{where}.", source)
-        elif key in _OPEN_SECTIONS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where!r} must be an object", source, fix=f"write {where} as {{...}}")
-            # preprocessing replaces the bundle's whole dict; the others are merged key by key
-            out[key] = dict(value) if key == "preprocessing" else {**base[key], **value}
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def default_bundle() -> Path:
+    """The repository's ``bundles/emotion_3dcnn`` (the package is installed from the repository)."""
+    return Path(__file__).resolve().parents[2] / "bundles" / "emotion_3dcnn"
+
+
+def _open(given: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {**(base or {}), **given}
+
+
+def _subjects(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, int)):
+        value = [value]
+    return tuple(normalize_subject(s) for s in value)
+
+
+def _closed(cls: type, key: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Parser of a closed section: its keys are the fields of ``cls``, anything else is an error."""
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def parse(value: Mapping[str, Any]) -> Any:
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise ConfigError(f"unknown study key '{key}.{unknown[0]}'",
+                              fix=f"use one of {names} (see monai_emotion/study/config.py)")
+        return cls(**value)
+
+    return parse
+
+
+#: each top-level key: the parser of its JSON value and the value parsed when a study omits it
+_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "name": (lambda v: text("name", v), None),
+    "bundle": (lambda v: text("bundle", v), None),
+    "data": (_closed(DataSettings, "data"), {}),
+    "labels": (_closed(LabelRule, "labels"), {}),
+    "subjects": (_subjects, None),
+    "preprocessing": (_closed(PreprocessingSpec, "preprocessing"), {}),
+    "network": (lambda v: _open(v, {"head": "flatten"}), {}),
+    "training": (TrainingSettings.from_dict, {}),
+    "runtime": (_closed(RuntimeSettings, "runtime"), {}),
+    "splits": (_closed(SplitSettings, "splits"), {}),
+    "experiments": (lambda v: experiment_names("experiments", v), list(EXPERIMENTS)),
+    "leaky": (_closed(LeakySettings, "leaky"), {}),
+    "baseline": (_closed(BaselineSettings, "baseline"), {}),
+    "permutations": (_closed(PermutationSettings, "permutations"), {}),
+    "figures": (_closed(FigureSettings, "figures"), {}),
+    "bundle_overrides": (_open, {}),
+}
+
+
+def _section(key: str, given: Mapping[str, Any], source: Path) -> Any:
+    parse, default = _KEYS[key]
+    value = given.get(key, default)
+    if isinstance(default, dict) and not isinstance(value, Mapping):
+        raise ConfigError(f"{key!r} must be an object", source, fix=f"write {key} as {{...}}")
+    return _wrapped(key, source, parse, value)
+
+
+def _wrapped(key: str, source: Path, parse: Callable[[Any], Any], value: Any) -> Any:
+    """``parse(value)``; a bad value's error names the study file and the key."""
+    try:
+        return parse(value)
+    except MonaiEmotionError as exc:
+        raise ConfigError(exc.what, source, where=f"key '{key}'", fix=exc.fix) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), source, where=f"key '{key}'", fix="see monai_emotion/study/config.py") from None
 
 
 def _absolute(value: str | None, root: Path) -> str | None:
@@ -158,36 +161,61 @@ def _absolute(value: str | None, root: Path) -> str | None:
     return str(path if path.is_absolute() else (root / path).resolve())
 
 
-def _check(settings: dict[str, Any], source: Path) -> None:
-    data = settings["data"]
-    if bool(data["dataset_dir"]) == bool(data["synthetic"]):
+def _check(study: Study) -> None:
+    data, source = study.data, study.source
+    if bool(data.dataset_dir) == bool(data.synthetic):
         raise ConfigError("data needs exactly one of 'dataset_dir' (a BIDS root) or 'synthetic' (a spec)",
                           source, fix='e.g. "data": {"synthetic": {"subjects": 4, "scale": 4}}')
-    if data["dataset_dir"] and not data["annotations_dir"]:
+    if data.dataset_dir and not data.annotations_dir:
         raise ConfigError("a real dataset needs data.annotations_dir", source,
                           fix="point it at the studyforrest-data-annotations folder (with raw/)")
-    unknown = [e for e in settings["experiments"] if e not in EXPERIMENTS]
-    if unknown or not settings["experiments"]:
-        raise ConfigError(f"unknown or no experiments {unknown}", source, fix=f"choose from {list(EXPERIMENTS)}")
-    splits = settings["splits"]
-    if splits["subject_folds"] not in ("seed", "loso"):
-        raise ConfigError(f"splits.subject_folds={splits['subject_folds']!r}", source, fix="use 'seed' or 'loso'")
-    if int(splits["run_folds"]) < 2:
-        raise ConfigError("splits.run_folds must be at least 2", source, fix="e.g. 4 (two runs per fold)")
-    perms = settings["permutations"]
-    bad = [e for e in perms["cnn_experiments"] if e not in EXPERIMENTS]
-    if bad or int(perms["linear"]) < 0 or int(perms["cnn"]) < 0:
-        raise ConfigError("permutations: counts must be >= 0 and cnn_experiments known experiments",
-                          source, fix="e.g. {\"linear\": 200, \"cnn\": 3, \"cnn_experiments\": [\"within\"]}")
-    if settings["baseline"]["reduction"] not in ("kbest", "pca"):
-        raise ConfigError(f"baseline.reduction={settings['baseline']['reduction']!r}", source,
-                          fix="use 'kbest' (voxel screening) or 'pca'")
-    if "epochs" not in settings["training"]:
-        raise ConfigError("training.epochs is missing", source, fix="give the number of epochs")
+    if not study.experiments:
+        raise ConfigError("no experiments", source, fix=f"choose from {list(EXPERIMENTS)}")
+    for required in ("train.json", "evaluate.json"):
+        if not (study.bundle / "configs" / required).is_file():
+            raise ConfigError(f"bundle has no configs/{required}", study.bundle,
+                              fix="set 'bundle' to the bundle root (the folder holding configs/)")
+
+
+def parse_study(given: Mapping[str, Any], source: str | os.PathLike, name: str | None = None) -> Study:
+    """Check a study's JSON object and fill in the defaults.
+
+    Parameters
+    ----------
+    given
+        The study file's object.
+    source
+        The study file: named in every error; relative paths are relative to its folder.
+    name
+        Overrides the study's name (default: ``given["name"]``, else the file's stem).
+
+    Returns
+    -------
+    Study
+    """
+    source = Path(source).resolve()
+    if not isinstance(given, Mapping):
+        raise ConfigError("a study file holds one JSON object", source, fix="write {\"data\": ..., ...}")
+    unknown = [k for k in given if k not in _KEYS]
+    if unknown:
+        raise ConfigError(f"unknown study key '{unknown[0]}'", source,
+                          fix=f"use one of {sorted(_KEYS)} (see monai_emotion/study/config.py)")
+    values = {key: _section(key, given, source) for key in _KEYS}
+    root = source.parent
+    data: DataSettings = values["data"]
+    values["data"] = dataclasses.replace(data, **{k: _absolute(getattr(data, k), root) for k in
+                                                  ("dataset_dir", "annotations_dir", "synthetic_root", "cache_dir")})
+    values["labels"] = values["labels"].replace(emotion_map=_absolute(values["labels"].emotion_map, root))
+    values["preprocessing"] = values["preprocessing"].replace(mask=_absolute(values["preprocessing"].mask, root))
+    values["bundle"] = Path(_absolute(values["bundle"], root) or default_bundle())
+    values["name"] = str(name or values["name"] or source.stem)
+    study = Study(source=source, **values)
+    _check(study)
+    return study
 
 
 def load_study(path: str | os.PathLike, name: str | None = None) -> Study:
-    """Read a study file, fill in the defaults and check it.
+    """Read a study file, fill in the defaults and check it (:func:`parse_study`).
 
     Parameters
     ----------
@@ -201,25 +229,13 @@ def load_study(path: str | os.PathLike, name: str | None = None) -> Study:
     Study
     """
     source = Path(path).resolve()
-    try:
-        given = json.loads(source.read_text())
-    except FileNotFoundError:
-        raise ConfigError("study file not found", source, fix="pass an existing study JSON file") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"not valid JSON ({exc.msg})", source, line=exc.lineno, fix="fix the JSON syntax") from None
-    if not isinstance(given, dict):
-        raise ConfigError("a study file holds one JSON object", source, fix="write {\"data\": ..., ...}")
-    settings = _merge(DEFAULTS, given, "", source)
-    root = source.parent
-    settings["bundle"] = _absolute(settings["bundle"], root) or str(default_bundle())
-    data = settings["data"]
-    for key in ("dataset_dir", "annotations_dir", "synthetic_root", "cache_dir"):
-        data[key] = _absolute(data[key], root)
-    _check(settings, source)
-    for required in ("train.json", "evaluate.json"):
-        if not (Path(settings["bundle"]) / "configs" / required).is_file():
-            raise ConfigError(f"bundle has no configs/{required}", settings["bundle"],
-                              fix="set 'bundle' to the bundle root (the folder holding configs/)")
-    study_name = name or settings.pop("name") or source.stem
-    settings.pop("name", None)
-    return Study(name=str(study_name), source=source, settings=settings)
+    given = load_json(source, ConfigError, fix="pass an existing study JSON file with valid JSON syntax")
+    return parse_study(given, source, name)
+
+
+def _defaults() -> dict[str, Any]:
+    return {key: plain(parse(default)) for key, (parse, default) in _KEYS.items()}
+
+
+#: every key's default, as a study file would write it (``preprocessing``: the spec's defaults)
+DEFAULTS: dict[str, Any] = _defaults()

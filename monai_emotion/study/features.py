@@ -3,32 +3,42 @@
 The linear baseline refits hundreds of times (one fit per model per permutation). Asking the
 bundle's ``prepare_experiment`` each time would re-read every NIfTI header and the cache
 fingerprints (~0.5 s a call). :class:`VolumeTable` instead derives the labels once per lag with
-the same functions (``derive_labels``, ``circular_shift_labels``) and turns them into the same
-items; :meth:`VolumeTable.check_against` proves, for the unpermuted labels, that they equal
-the bundle's items one for one. :class:`FeatureStore` reads each cached run once (float16
-memory maps, kept open) and gathers frames with one fancy index per run.
+the bundle's label rule and turns them into items with the bundle's own item builder
+(:func:`~monai_emotion.data.datalist.labelled_items`), so its items are the bundle's (a unit
+test holds them equal, permuted and not). :class:`FeatureStore` reads each cached run once
+(float16 memory maps, kept open) and gathers frames with one fancy index per run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from monai_emotion.data.labels import circular_shift_labels, derive_labels
+from monai_emotion.data.datalist import labelled_items
+from monai_emotion.data.labels import LabelRule, circular_shift_labels
 from monai_emotion.errors import DataError
 
-__all__ = ["VolumeTable", "FeatureStore", "select_subjects"]
-
-_ITEM_KEYS = ("image", "frame", "label", "label_name", "subject", "run", "movie_time", "label_time")
+__all__ = ["CachedRun", "VolumeTable", "FeatureStore", "select_subjects"]
 
 
 def select_subjects(items: Sequence[dict], subjects: Sequence[str]) -> list[dict]:
     """Items of these subjects, in their original order (as ``discover_runs(subjects=...)`` gives)."""
     wanted = set(subjects)
     return [i for i in items if i["subject"] in wanted]
+
+
+@dataclass(frozen=True)
+class CachedRun:
+    """One cached run: its subject, run, ``.npy`` path and number of frames."""
+
+    subject: str
+    run: int
+    path: str
+    n_volumes: int
 
 
 class VolumeTable:
@@ -38,29 +48,34 @@ class VolumeTable:
     ----------
     experiment
         The bundle's ``experiment`` (unpermuted, every labelled item in ``train``): gives the
-        cached runs, their order and the annotation folder.
-    observers, threshold
-        The label rule's settings (as passed to the bundle).
+        cached runs, their order, the annotation folder and the label rule.
+    rule
+        The label rule (default: the one the bundle used, ``experiment["label_rule"]``); its
+        ``lag`` is replaced by each call's.
     """
 
-    def __init__(self, experiment: Mapping[str, Any], observers: str, threshold: float) -> None:
+    def __init__(self, experiment: Mapping[str, Any], rule: LabelRule | None = None) -> None:
         self.annotations_dir = str(experiment["annotations_dir"])
         self.classes = list(experiment["classes"])
-        self.observers = observers
-        self.threshold = float(threshold)
-        runs: dict[tuple[str, int], str] = {}
+        self.rule = LabelRule.from_dict(rule if rule is not None else experiment["label_rule"])
+        paths: dict[tuple[str, int], str] = {}
         for item in experiment["train"]:
-            runs.setdefault((str(item["subject"]), int(item["run"])), str(item["image"]))
-        self.runs = runs
-        self._n_frames = {key: int(np.load(path, mmap_mode="r").shape[0]) for key, path in runs.items()}
+            paths.setdefault((str(item["subject"]), int(item["run"])), str(item["image"]))
+        self.runs = tuple(CachedRun(subject, run, path, int(np.load(path, mmap_mode="r").shape[0]))
+                          for (subject, run), path in paths.items())
         self._labels: dict[float, pd.DataFrame] = {}
         self._items: dict[tuple[float, int | None], list[dict]] = {}
+
+    @property
+    def paths(self) -> list[str]:
+        """The cached runs' files, in item order."""
+        return [r.path for r in self.runs]
 
     def labels(self, lag: float) -> pd.DataFrame:
         """The per-volume label table at ``lag`` (derived once)."""
         lag = float(lag)
         if lag not in self._labels:
-            self._labels[lag] = derive_labels(self.annotations_dir, self.observers, self.threshold, lag)
+            self._labels[lag] = self.rule.replace(lag=lag).derive(self.annotations_dir)
         return self._labels[lag]
 
     def items(self, lag: float, permutation: int | None = None) -> list[dict]:
@@ -71,41 +86,11 @@ class VolumeTable:
         table = self.labels(lag)
         if permutation is not None:
             table = circular_shift_labels(table, int(permutation))
-        by_run = {int(r): f for r, f in table.groupby("run", sort=False)}
-        items: list[dict] = []
-        for (subject, run), path in self.runs.items():
-            frame = by_run[run]
-            frame = frame[(frame["volume"] < self._n_frames[subject, run]) & (frame["label_index"] >= 0)]
-            volumes = frame["volume"].to_numpy()
-            labels = frame["label_index"].to_numpy()
-            names = frame["label"].to_numpy()
-            movie, label_time = frame["movie_time"].to_numpy(), frame["label_time"].to_numpy()
-            items.extend(
-                {"image": path, "frame": int(v), "label": int(c), "label_name": str(n), "subject": subject,
-                 "run": run, "movie_time": float(m), "label_time": float(t)}
-                for v, c, n, m, t in zip(volumes, labels, names, movie, label_time, strict=True)
-            )
-        if permutation is not None:
             # keep only the current permutation (at every lag): each is used by every model once
             for stale in [k for k in self._items if k[1] is not None and k[1] != key[1]]:
                 del self._items[stale]
-        self._items[key] = items
-        return items
-
-    def check_against(self, bundle_items: Sequence[dict], lag: float) -> None:
-        """Raise unless :meth:`items` at ``lag`` equals the bundle's items, key by key and in order."""
-        mine = self.items(lag)
-        ours = [tuple(i[k] for k in _ITEM_KEYS) for i in mine]
-        theirs = [tuple(i[k] for k in _ITEM_KEYS) for i in bundle_items]
-        if ours != theirs:
-            first = next((k for k, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
-                         min(len(ours), len(theirs)))
-            raise DataError(
-                f"the baseline's items differ from the bundle's at item {first} "
-                f"({len(ours)} vs {len(theirs)} items)",
-                where="study baseline",
-                fix="keep monai_emotion/study/features.py in step with experiment.prepare_experiment",
-            )
+        self._items[key] = labelled_items(self.runs, table)
+        return self._items[key]
 
 
 class FeatureStore:

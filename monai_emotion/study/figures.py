@@ -76,14 +76,24 @@ def _balanced(units: pd.DataFrame, subject: str) -> float:
     return float(hit["balanced_accuracy"].iloc[0]) if len(hit) else float("nan")
 
 
-def fig_within_heatmap(results: pd.DataFrame, classes: Sequence[str], path: Path) -> Path | None:
-    """Figure 1: per-emotion recall of each subject's own models (+ the cross-subject "ALL")."""
-    decoders = [d for d in DECODER_NAMES if len(_units(results, d, "within", "heldout"))]
+def _decoder_panels(results: pd.DataFrame, experiment: str, test_set: str,
+                    width: float) -> tuple[Any, list[tuple[Any, str]]] | None:
+    """A figure with one panel (``width`` inches) per decoder that has unit rows for the test set."""
+    decoders = [d for d in DECODER_NAMES if len(_units(results, d, experiment, test_set))]
     if not decoders:
         return None
-    fig = new_figure(4.5 * len(decoders) + 1, 4.2)
+    fig = new_figure(width * len(decoders) + 1, 4.2)
     axes = fig.subplots(1, len(decoders), squeeze=False)[0]
-    for ax, decoder in zip(axes, decoders, strict=True):
+    return fig, list(zip(axes, decoders, strict=True))
+
+
+def fig_within_heatmap(results: pd.DataFrame, classes: Sequence[str], path: Path) -> Path | None:
+    """Figure 1: per-emotion recall of each subject's own models (+ the cross-subject "ALL")."""
+    panels = _decoder_panels(results, "within", "heldout", 4.5)
+    if panels is None:
+        return None
+    fig, pairs = panels
+    for ax, decoder in pairs:
         within = _units(results, decoder, "within", "heldout")
         subjects = sorted(s for s in within["subject"].unique() if s not in (MEAN, POOLED))
         columns = [_recall_column(within, s, classes) for s in subjects]
@@ -183,12 +193,11 @@ def fig_leaky_vs_clean(results: pd.DataFrame, path: Path) -> Path | None:
     """Figure 8: per subject, the clean within-subject score next to the seed's leaky protocol."""
     pairs = (("within", "heldout", "clean: held-out runs, lag 4 s"),
              ("leaky", "leaky_random", "leaky: random 80/20 volumes, no lag"))
-    decoders = [d for d in DECODER_NAMES if len(_units(results, d, "leaky", "leaky_random"))]
-    if not decoders:
+    panels = _decoder_panels(results, "leaky", "leaky_random", 5.0)
+    if panels is None:
         return None
-    fig = new_figure(5.0 * len(decoders) + 1, 4.2)
-    axes = fig.subplots(1, len(decoders), squeeze=False)[0]
-    for ax, decoder in zip(axes, decoders, strict=True):
+    fig, pairs = panels
+    for ax, decoder in pairs:
         subjects = sorted({s for e, t, _ in pairs for s in _units(results, decoder, e, t)["subject"]} - {POOLED})
         subjects = [s for s in subjects if s != MEAN] + [MEAN]
         width = 0.38

@@ -1,30 +1,32 @@
 """Everything a finished (or partly finished) study writes: results.csv, figures, summary, report.
 
 Rebuilt from the stored predictions every time the study runs, so it always describes exactly
-the models that have finished.
+the models that have finished. Everything here reads the study through its
+:class:`~monai_emotion.study.context.StudyContext`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from monai_emotion.data.annotations import read_observers
+from monai_emotion.data.annotations import EMOTION_TOKENS, read_observers
 from monai_emotion.data.labels import load_emotion_map
+from monai_emotion.fileio import load_json
 from monai_emotion.study import figures as fr
 from monai_emotion.study import figures_data as fd
 from monai_emotion.study.bundle import captured
+from monai_emotion.study.context import StudyContext
 from monai_emotion.study.embedding import embed_2d, penultimate_features
 from monai_emotion.study.history import epoch_curves
-from monai_emotion.study.results import headline, tidy_results
-from monai_emotion.study.scoring import MEAN, POOLED
+from monai_emotion.study.permutation import permutation_seeds, read_null
+from monai_emotion.study.results import headline, read_predictions, tidy_results
+from monai_emotion.study.scoring import MEAN, POOLED, unit_scores
 
-__all__ = ["build_outputs", "emotion_ranking", "oracle_comparison"]
+__all__ = ["build_outputs", "emotion_ranking", "oracle_comparison", "study_predictions", "study_null"]
 
 #: per-emotion rankings reported (experiment, test set, unit)
 RANKINGS = (("within", "heldout", MEAN), ("cross", "heldout", POOLED), ("unseen", "unseen_heldout", POOLED),
@@ -51,8 +53,8 @@ def oracle_comparison(results: pd.DataFrame, synthetic_root: str | None) -> dict
     if synthetic_root is None or not (Path(synthetic_root) / "ground_truth" / "oracle.json").is_file():
         return None
     root = Path(synthetic_root) / "ground_truth"
-    oracle = {s: float(v["balanced_accuracy"]) for s, v in json.loads((root / "oracle.json").read_text()).items()}
-    generation = json.loads((root / "generation.json").read_text())
+    oracle = {s: float(v["balanced_accuracy"]) for s, v in load_json(root / "oracle.json").items()}
+    generation = load_json(root / "generation.json")
     out: dict[str, Any] = {"oracle": oracle, "oracle_mean": float(np.mean(list(oracle.values()))),
                            "null": bool(generation.get("null")), "class_strength": generation.get("class_strength"),
                            "class_shared": generation.get("class_shared")}
@@ -80,86 +82,134 @@ def _versus_chance(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _embedding(state: Any, figures: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
-    settings = state.study["figures"]
-    wanted = settings["embedding_model"]
-    candidates = [m for m in state.plan.models if (m.id == wanted if wanted else m.experiment in ("cross", "within"))]
+def study_predictions(ctx: StudyContext) -> pd.DataFrame:
+    """The stored predictions of every finished model of the plan, CNN and linear."""
+    cnn = read_predictions(ctx.cnn.root, ctx.plan.models, "cnn", "eval")
+    linear = read_predictions(ctx.root / "models" / "linear", ctx.plan.models, "linear")
+    return pd.concat([f for f in (cnn, linear) if len(f)] or [cnn], ignore_index=True)
+
+
+def study_null(ctx: StudyContext) -> pd.DataFrame:
+    """Permutation scores: the linear ones, and each CNN permutation whose protocol is complete."""
+    frames = [read_null(ctx.root / "permutations_linear.csv")]
+    perms = ctx.study.permutations
+    for seed in permutation_seeds(perms.first_seed, perms.cnn):
+        for experiment in perms.cnn_experiments:
+            specs = [s.permuted(seed) for s in ctx.plan.of(experiment)]
+            if specs and all(ctx.cnn.done(s) for s in specs):  # a partial protocol would bias the null
+                preds = read_predictions(ctx.cnn.root, specs, "cnn", "eval")
+                frames.append(unit_scores(preds, ctx.classes).assign(permutation=seed))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else read_null(ctx.root / "permutations_linear.csv")
+
+
+def _embedding(ctx: StudyContext, figures: Path) -> dict[str, Any] | None:
+    settings = ctx.study.figures
+    wanted = settings.embedding_model
+    candidates = [m for m in ctx.plan.models if (m.id == wanted if wanted else m.experiment in ("cross", "within"))]
     candidates.sort(key=lambda m: m.experiment != "cross")
-    spec = next((m for m in candidates if state.cnn.done(m)), None)
+    spec = next((m for m in candidates if ctx.cnn.done(m)), None)
     if spec is None:
         return None
     test = spec.test_sets[0]
-    with captured(state.root / "logs" / "embedding.log"):
-        features, items = penultimate_features(state.study, state.base, spec, test,
-                                               state.cnn.folder(spec) / "ckpt" / "model.pt",
-                                               int(settings["max_embedding_points"]))
+    with captured(ctx.root / "logs" / "embedding.log"):
+        features, items = penultimate_features(ctx.study, ctx.base, spec, test,
+                                               ctx.cnn.folder(spec) / "ckpt" / "model.pt",
+                                               settings.max_embedding_points)
     labels = [int(i["label"]) for i in items]
-    emb = embed_2d(features, labels, float(settings["tsne_perplexity"]))
-    path = fd.fig_embedding(emb, labels, state.classes, f"{spec.id} on '{test.name}' ({len(items)} volumes)",
+    emb = embed_2d(features, labels, settings.tsne_perplexity)
+    path = fd.fig_embedding(emb, labels, ctx.classes, f"{spec.id} on '{test.name}' ({len(items)} volumes)",
                             figures / "fig6_embedding.png")
-    log(f"  embedding of {spec.id}: silhouette {emb.get('silhouette', float('nan')):.3f}")
+    ctx.log(f"  embedding of {spec.id}: silhouette {emb.get('silhouette', float('nan')):.3f}")
     return {"model": spec.id, "test_set": test.name, "n": len(items), "path": path.name,
             **{k: emb[k] for k in ("silhouette", "silhouette_pca", "silhouette_tsne", "pca_explained", "perplexity")
                if k in emb}}
 
 
-def build_outputs(state: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write results.csv and every figure; returns the summary (report.md is written from it)."""
-    root, classes, study = state.root, state.classes, state.study
-    figures = root / "figures"
-    predictions, null = state.predictions(), state.null()
-    results = tidy_results(predictions, null, classes, study.name) if len(predictions) else pd.DataFrame()
-    results.to_csv(root / "results.csv", index=False, float_format="%.6g")
-    if len(predictions):
-        predictions[predictions["permutation"] == -1].to_csv(root / "predictions_all.csv.gz", index=False,
-                                                              float_format="%.6g")
-    lag = float(study["labels"]["lag"])
-    labels = state.table.labels(lag)
-    emap = load_emotion_map()
-    tokens, votes = fd.category_votes(read_observers(state.annotations_dir, study["labels"]["observers"]))
-    structure = fd.category_structure(tokens, votes, emap)
-    paths: dict[str, Any] = {"fig5": fd.fig_annotations(labels, structure, figures / "fig5_annotations.png")}
+def _data_figures(ctx: StudyContext, figures: Path, paths: dict[str, Any]) -> dict[str, Any]:
+    """Figures 5 and 7 (annotations, class x run table); returns the summary's data sections."""
+    rule = ctx.study.labels
+    labels = ctx.table.labels(rule.lag)
+    emap = load_emotion_map(rule.emotion_map)
+    observers = read_observers(ctx.annotations_dir, rule.observers, EMOTION_TOKENS | set(emap.mapping))
+    structure = fd.category_structure(*fd.category_votes(observers), emap)
+    paths["fig5"] = fd.fig_annotations(labels, structure, figures / "fig5_annotations.png")
     paths["fig7"], by_run = fd.fig_class_by_run(labels, figures / "fig7_class_by_run.png")
-    summary: dict[str, Any] = {
-        "study": study.name, "config": str(study.source), "plan": state.plan.describe(),
-        "data": {"dataset_dir": state.dataset_dir, "annotations_dir": state.annotations_dir,
-                 "synthetic": study["data"]["synthetic"], "n_labelled": len(state.experiment["train"]),
-                 "spatial_shape": list(state.experiment["spatial_shape"]), "lag": lag,
-                 "observers": study["labels"]["observers"], "threshold": study["labels"]["threshold"],
-                 "class_by_run": by_run.to_dict(orient="index")},
-        "annotations": {"within_class_r": structure["within"], "between_class_r": structure["between"],
-                        "token_seconds": structure["frequency"]},
-        "training": {**study["training"], "network": study["network"]},
-        "permutations": study["permutations"], "classes": classes,
-        "models_done": {d: int(predictions[(predictions["decoder"] == d) & (predictions["permutation"] == -1)]
-                               ["model"].nunique()) if len(predictions) else 0 for d in ("cnn", "linear")},
-        "models_planned": len(state.plan.models),
-    }
-    if len(results):
-        summary["headline"] = [_versus_chance(r) for r in headline(results)]
-        summary["emotion_ranking"] = emotion_ranking(results, classes)
-        summary["oracle"] = oracle_comparison(results, state.synthetic_root)
-        paths["fig1"] = fr.fig_within_heatmap(results, classes, figures / "fig1_within_heatmap.png")
-        subjects = state.plan.subjects
-        pie_subject = study["figures"]["pie_subject"] or subjects[0]
-        pie = fr.fig_pie(predictions[predictions["permutation"] == -1], str(pie_subject),
-                         study["figures"]["pie_emotion"], figures / "fig2_pie.png")
-        if pie:
-            paths["fig2"], summary["pie"] = pie[0], {"subject": str(pie_subject),
-                                                     "emotion": study["figures"]["pie_emotion"], **pie[1]}
-        decoder = "cnn" if (predictions["decoder"] == "cnn").any() else "linear"
-        paths["fig3"] = fr.fig_seen_unseen(predictions[predictions["permutation"] == -1], classes,
-                                           figures / "fig3_seen_unseen.png", decoder)
-        paths["fig8"] = fr.fig_leaky_vs_clean(results, figures / "fig8_leaky_vs_clean.png")
-    folders = [(m.id, state.cnn.folder(m) / "train") for m in state.plan.models
-               if m.experiment in ("within", "cross") and state.cnn.done(m)]
+    data = {"dataset_dir": ctx.dataset_dir, "annotations_dir": ctx.annotations_dir,
+            "synthetic": ctx.study.data.synthetic, "n_labelled": len(ctx.experiment["train"]),
+            "spatial_shape": list(ctx.experiment["spatial_shape"]), "lag": rule.lag,
+            "observers": rule.to_dict()["observers"], "threshold": rule.threshold,
+            "class_by_run": by_run.to_dict(orient="index")}
+    annotations = {"within_class_r": structure["within"], "between_class_r": structure["between"],
+                   "token_seconds": structure["frequency"]}
+    return {"data": data, "annotations": annotations}
+
+
+def _result_figures(ctx: StudyContext, results: pd.DataFrame, predictions: pd.DataFrame, figures: Path,
+                    paths: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Figures 1-3 and 8 (recall heatmap, pie, seen vs unseen, leaky vs clean) and their summary."""
+    classes, settings = list(ctx.classes), ctx.study.figures
+    unpermuted = predictions[predictions["permutation"] == -1]
+    summary["headline"] = [_versus_chance(r) for r in headline(results)]
+    summary["emotion_ranking"] = emotion_ranking(results, classes)
+    summary["oracle"] = oracle_comparison(results, ctx.synthetic_root)
+    paths["fig1"] = fr.fig_within_heatmap(results, classes, figures / "fig1_within_heatmap.png")
+    pie_subject = settings.pie_subject or ctx.plan.subjects[0]
+    pie = fr.fig_pie(unpermuted, pie_subject, settings.pie_emotion, figures / "fig2_pie.png")
+    if pie:
+        paths["fig2"], summary["pie"] = pie[0], {"subject": pie_subject, "emotion": settings.pie_emotion, **pie[1]}
+    decoder = "cnn" if (predictions["decoder"] == "cnn").any() else "linear"
+    paths["fig3"] = fr.fig_seen_unseen(unpermuted, classes, figures / "fig3_seen_unseen.png", decoder)
+    paths["fig8"] = fr.fig_leaky_vs_clean(results, figures / "fig8_leaky_vs_clean.png")
+
+
+def _curve_figure(ctx: StudyContext, figures: Path, paths: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Figure 4 (accuracy over epochs of the finished within and cross models)."""
+    folders = [(m.id, ctx.cnn.folder(m) / "train") for m in ctx.plan.models
+               if m.experiment in ("within", "cross") and ctx.cnn.done(m)]
     curves = epoch_curves(folders)
     paths["fig4"] = fr.fig_curves(curves, figures / "fig4_curves.png")
     if len(curves):
         last = curves[curves["epoch"] == curves["epoch"].max()]
         summary["curves"] = {c: float(g["value"].mean()) for c, g in
                              last[last["model"].str.startswith("within/")].groupby("curve")}
-    summary["embedding"] = _embedding(state, figures, log)
+
+
+def build_outputs(ctx: StudyContext) -> dict[str, Any]:
+    """Write results.csv and every figure; returns the summary (report.md is written from it).
+
+    Parameters
+    ----------
+    ctx
+        The prepared study.
+
+    Returns
+    -------
+    dict
+        The summary (without timings).
+    """
+    root, classes, study = ctx.root, list(ctx.classes), ctx.study
+    figures = root / "figures"
+    predictions, null = study_predictions(ctx), study_null(ctx)
+    results = tidy_results(predictions, null, classes, study.name) if len(predictions) else pd.DataFrame()
+    results.to_csv(root / "results.csv", index=False, float_format="%.6g")
+    if len(predictions):
+        predictions[predictions["permutation"] == -1].to_csv(root / "predictions_all.csv.gz", index=False,
+                                                              float_format="%.6g")
+    paths: dict[str, Any] = {}
+    summary: dict[str, Any] = {
+        "study": study.name, "config": str(study.source), "plan": ctx.plan.describe(),
+        **_data_figures(ctx, figures, paths),
+        "training": {**study.training.to_dict(), "network": dict(study.network)},
+        "permutations": study.permutations.to_dict(), "classes": classes,
+        "models_done": {d: int(predictions[(predictions["decoder"] == d) & (predictions["permutation"] == -1)]
+                               ["model"].nunique()) if len(predictions) else 0 for d in ("cnn", "linear")},
+        "models_planned": len(ctx.plan.models),
+    }
+    if len(results):
+        _result_figures(ctx, results, predictions, figures, paths, summary)
+    _curve_figure(ctx, figures, paths, summary)
+    summary["embedding"] = _embedding(ctx, figures)
     if summary["embedding"]:
         paths["fig6"] = figures / summary["embedding"]["path"]
     summary["figures"] = {k: Path(v).name for k, v in sorted(paths.items()) if v}

@@ -23,9 +23,8 @@ with leak-free splits:
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Sequence
+import fnmatch
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -33,8 +32,11 @@ import numpy as np
 
 from monai_emotion.data.splits import run_folds, subject_folds
 from monai_emotion.errors import ConfigError
+from monai_emotion.fileio import json_digest
+from monai_emotion.study.config import Study
 
-__all__ = ["TestSet", "ModelSpec", "StudyPlan", "plan_study", "validation_run"]
+__all__ = ["TestSet", "ModelSpec", "StudyPlan", "plan_study", "validation_run", "selected",
+           "selected_permutations"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,7 @@ class ModelSpec:
 
     def digest(self, extra: dict[str, Any] | None = None) -> str:
         """Hash of the spec and ``extra`` settings: a stored result is reused only if it matches."""
-        text = json.dumps([asdict(self), extra or {}], sort_keys=True, default=str)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+        return json_digest([asdict(self), extra or {}], length=16)
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,7 @@ def _runs_split(test_runs: Sequence[int], val_run: int, gap: float) -> dict[str,
             "gap": float(gap)}
 
 
-def plan_study(
-    items: Sequence[dict],
-    settings: dict[str, Any],
-    n_classes: int,
-) -> StudyPlan:
+def plan_study(items: Sequence[dict], study: Study, n_classes: int) -> StudyPlan:
     """Plan every model of a study from its (unpermuted) labelled items.
 
     Parameters
@@ -127,8 +124,8 @@ def plan_study(
     items
         All labelled items of the study's subjects at the study's lag (the bundle's
         ``experiment`` with every volume in ``train``).
-    settings
-        The study settings (:class:`~monai_emotion.study.config.Study`).
+    study
+        The study (its ``splits``, ``experiments``, ``labels.lag`` and ``leaky`` sections).
     n_classes
         Number of classes.
 
@@ -136,29 +133,27 @@ def plan_study(
     -------
     StudyPlan
     """
-    splits, gap = settings["splits"], float(settings["splits"]["gap"])
-    lag = float(settings["labels"]["lag"])
+    splits, lag, experiments = study.splits, study.labels.lag, study.experiments
     subjects = tuple(sorted({str(i["subject"]) for i in items}))
-    folds = tuple(tuple(f) for f in run_folds(items, int(splits["run_folds"]), n_classes))
+    folds = tuple(tuple(f) for f in run_folds(items, splits.run_folds, n_classes))
     runs = sorted({int(i["run"]) for i in items})
-    chosen = splits["folds"] if splits["folds"] is not None else list(range(len(folds)))
-    if any(not 0 <= int(k) < len(folds) for k in chosen) or not 0 <= int(splits["unseen_run_fold"]) < len(folds):
+    chosen = splits.folds if splits.folds is not None else tuple(range(len(folds)))
+    if any(not 0 <= k < len(folds) for k in (*chosen, splits.unseen_run_fold)):
         raise ConfigError(f"fold indices must lie in 0..{len(folds) - 1}", fix="correct splits.folds / unseen_run_fold")
     fold_splits = {}
-    for k in sorted({int(f) for f in chosen} | {int(splits["unseen_run_fold"])}):
+    for k in sorted({*chosen, splits.unseen_run_fold}):
         rest = [r for r in runs if r not in folds[k]]
-        fold_splits[k] = _runs_split(folds[k], validation_run(items, rest, n_classes), gap)
-    experiments = settings["experiments"]
+        fold_splits[k] = _runs_split(folds[k], validation_run(items, rest, n_classes), splits.gap)
     models: list[ModelSpec] = []
     if "within" in experiments:
         for sub in subjects:
             for k in chosen:
-                split = fold_splits[int(k)]
+                split = fold_splits[k]
                 models.append(ModelSpec(f"within/sub-{sub}/fold-{k}", "within", (sub,), split, lag, str(k),
                                         (TestSet("heldout", (sub,), split),)))
     if "cross" in experiments:
         for k in chosen:
-            split = fold_splits[int(k)]
+            split = fold_splits[k]
             models.append(ModelSpec(f"cross/fold-{k}", "cross", subjects, split, lag, str(k),
                                     (TestSet("heldout", subjects, split),)))
     groups: tuple[tuple[str, ...], ...] = ()
@@ -166,13 +161,13 @@ def plan_study(
         if len(subjects) < 2:
             raise ConfigError("unseen-subject models need at least 2 subjects",
                               fix="add subjects or drop 'unseen' from experiments")
-        groups = tuple(tuple(g) for g in subject_folds(subjects, splits["subject_folds"]))
-        k = int(splits["unseen_run_fold"])
+        groups = tuple(tuple(g) for g in subject_folds(subjects, splits.subject_folds))
+        k = splits.unseen_run_fold
         runs_split = fold_splits[k]
         for j, unseen in enumerate(groups):
             seen = tuple(s for s in subjects if s not in unseen)
             split = {"kind": "subjects", "test_subjects": list(unseen), "test_runs": list(folds[k]),
-                     "validate_runs": runs_split["validate_runs"], "gap": gap}
+                     "validate_runs": runs_split["validate_runs"], "gap": splits.gap}
             tests = (
                 TestSet("unseen_heldout", subjects, split),
                 TestSet("unseen_all_runs", subjects, {**split, "test_runs": None}),
@@ -181,9 +176,36 @@ def plan_study(
             models.append(ModelSpec(f"unseen/subjects-{j}", "unseen", subjects, split, lag, str(k), tests,
                                     held_out_subjects=unseen))
     if "leaky" in experiments:
-        leaky = settings["leaky"]
-        split = {"kind": "leaky_random", "test_fraction": float(leaky["test_fraction"]), "seed": int(leaky["seed"])}
+        leaky = study.leaky
+        split = {"kind": "leaky_random", "test_fraction": leaky.test_fraction, "seed": leaky.seed}
         for sub in subjects:
-            models.append(ModelSpec(f"leaky/sub-{sub}", "leaky", (sub,), split, float(leaky["lag"]), "random",
+            models.append(ModelSpec(f"leaky/sub-{sub}", "leaky", (sub,), split, leaky.lag, "random",
                                     (TestSet("leaky_random", (sub,), split),)))
     return StudyPlan(tuple(models), folds, groups, subjects)
+
+
+def _patterns(decoder: str, only: Sequence[str]) -> Iterator[str]:
+    """The patterns of the ``[decoder:]pattern`` tokens in ``only`` that apply to ``decoder``."""
+    for token in only:
+        dec, _, pattern = token.rpartition(":")
+        if not dec or dec == decoder:
+            yield pattern
+
+
+def selected_permutations(decoder: str, only: Sequence[str] | None) -> bool:
+    """Whether ``only`` selects the permutations of ``decoder`` (tokens ``permutations`` or ``all``)."""
+    return only is None or any(p in ("permutations", "all") for p in _patterns(decoder, only))
+
+
+def selected(decoder: str, spec: ModelSpec, only: Sequence[str] | None) -> bool:
+    """Whether ``only`` (tokens ``[decoder:]pattern``) selects ``spec`` for ``decoder``.
+
+    A pattern matches an experiment name (``within``), a model id glob (``within/sub-01/*``),
+    the decoder itself (``linear``) or ``all``. Permuted models are selected by ``permutations``
+    (:func:`selected_permutations`).
+    """
+    if spec.permutation is not None:
+        return selected_permutations(decoder, only)
+    return only is None or any(
+        p in (decoder, "all", spec.experiment) or fnmatch.fnmatch(spec.id, p) or fnmatch.fnmatch(spec.id, p.rstrip("/") + "/*")
+        for p in _patterns(decoder, only))

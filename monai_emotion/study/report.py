@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from monai_emotion.fileio import atomic_write_text
+
 __all__ = ["write_report", "headline_markdown"]
 
 _PROTOCOLS = {
@@ -125,11 +127,11 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
     _figure(lines, summary, "fig2", f"2. What sub-{pie.get('subject', '?')}'s {pie.get('emotion', '')} volumes were "
             "called", f"{pie.get('n', 0)} held-out volumes ({pie.get('decoder', '')}, within-subject): "
             f"{pie.get('predicted', {})}.")
+    unseen = [bacc(d, "unseen", t) for d in ("cnn", "linear") for t in ("seen_heldout", "unseen_heldout",
+                                                                         "unseen_all_runs")]
     _figure(lines, summary, "fig3", "3. Seen vs unseen subjects per subject fold",
-            f"Mean balanced accuracy, CNN: seen subjects' held-out runs {bacc('cnn', 'unseen', 'seen_heldout')}, "
-            f"unseen subjects' held-out runs {bacc('cnn', 'unseen', 'unseen_heldout')}, unseen subjects' all runs "
-            f"{bacc('cnn', 'unseen', 'unseen_all_runs')} (linear: {bacc('linear', 'unseen', 'seen_heldout')}, "
-            f"{bacc('linear', 'unseen', 'unseen_heldout')}, {bacc('linear', 'unseen', 'unseen_all_runs')}).")
+            "Mean balanced accuracy, CNN: seen subjects' held-out runs {}, unseen subjects' held-out runs {}, "
+            "unseen subjects' all runs {} (linear: {}, {}, {}).".format(*unseen))
     curves = summary.get("curves") or {}
     _figure(lines, summary, "fig4", "4. Accuracy over epochs",
             "Band: mean +/- sd over the single-subject models; dashed: cross-subject models. Last epoch, "
@@ -163,5 +165,5 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
     if timings:
         lines += [f"Timings (s): {timings}", ""]
     path = Path(root) / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

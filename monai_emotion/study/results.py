@@ -9,7 +9,6 @@ p-value of their balanced accuracy.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monai_emotion.fileio import atomic_write_json
 from monai_emotion.study.permutation import chance_table, p_value
 from monai_emotion.study.plan import ModelSpec
 from monai_emotion.study.scoring import MEAN, POOLED, report_of
@@ -37,7 +37,7 @@ def save_predictions(frame: pd.DataFrame, folder: Path, classes: Sequence[str]) 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "predictions.csv.tmp"
     frame.to_csv(tmp, index=False, float_format="%.6g")
-    (folder / "metrics.json").write_text(json.dumps(report_of(frame, classes), indent=2) + "\n")
+    atomic_write_json(folder / "metrics.json", report_of(frame, classes))
     os.replace(tmp, folder / "predictions.csv")  # last: its presence means the test set is complete
 
 

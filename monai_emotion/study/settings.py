@@ -1,0 +1,257 @@
+"""The sections of a study file as frozen, validated dataclasses (one per JSON object).
+
+Each section checks and converts its values once, when it is made; a bad value raises a
+:class:`~monai_emotion.errors.ConfigError` that :func:`monai_emotion.study.config.load_study`
+re-raises naming the study file and the key. ``to_dict`` gives the JSON a study file writes.
+The label rule and the preprocessing are the data package's own typed values
+(:class:`~monai_emotion.data.labels.LabelRule`,
+:class:`~monai_emotion.data.cache.spec.PreprocessingSpec`), not sections of their own here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai_emotion.errors import ConfigError
+
+__all__ = ["EXPERIMENTS", "BaselineSettings", "DataSettings", "FigureSettings", "LeakySettings",
+           "PermutationSettings", "RuntimeSettings", "SplitSettings", "TrainingSettings", "experiment_names",
+           "plain", "text"]
+
+#: the experiments a study can run, in report order
+EXPERIMENTS: tuple[str, ...] = ("within", "cross", "unseen", "leaky")
+
+
+def _integer(name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: Any, minimum: float | None = None, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if (positive and value <= 0) or (minimum is not None and value < minimum):
+        raise ConfigError(f"{name} must be {'> 0' if positive else f'>= {minimum}'}, got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}", fix=f"use one of {list(choices)}")
+    return str(value)
+
+
+def experiment_names(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` (a name or a list of them) as a tuple of known experiments; ``name`` for errors."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    unknown = [e for e in names if e not in EXPERIMENTS]
+    if unknown:
+        raise ConfigError(f"{name}: unknown experiments {unknown}", fix=f"choose from {list(EXPERIMENTS)}")
+    return tuple(names)
+
+
+def text(name: str, value: Any, optional: bool = True) -> str | None:
+    """``value`` as a string (numbers too: subject labels), or ``None`` when ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be {'a string or null' if optional else 'a string'}, got {value!r}")
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    """JSON form of a setting: typed specs by ``to_dict``, tuples as lists, paths as text."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+class _Section:
+    """Common behaviour of the section dataclasses."""
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as the JSON object a study file writes."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DataSettings(_Section):
+    """``data``: a real BIDS root with its annotations, or a synthetic dataset made once."""
+
+    #: a real BIDS root of ds000113 and the studyforrest-data-annotations folder ...
+    dataset_dir: str | None = None
+    annotations_dir: str | None = None
+    #: ... or any keywords of monai_emotion.data.synthetic.make_synthetic
+    synthetic: Mapping[str, Any] | None = None
+    #: where the synthetic dataset goes (default: the user cache, shared between studies)
+    synthetic_root: str | None = None
+    space: str = "nonlinear"
+    #: preprocessing cache folder (default: the user cache, one folder per dataset and parameters)
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("dataset_dir", "annotations_dir", "synthetic_root", "cache_dir", "space"):
+            self._set(name, text(name, getattr(self, name), optional=name != "space"))
+        if self.synthetic is not None and not isinstance(self.synthetic, Mapping):
+            raise ConfigError(f"synthetic must be an object of make_synthetic keywords, got {self.synthetic!r}",
+                              fix='e.g. {"subjects": 4, "scale": 4}')
+        self._set("synthetic", dict(self.synthetic) if self.synthetic is not None else None)
+
+
+@dataclass(frozen=True)
+class TrainingSettings(_Section):
+    """``training``: top-level bundle keys (``epochs``, ``batch_size``, ``learning_rate``, ...)."""
+
+    epochs: int = 50
+    #: every other top-level bundle key given, passed through as it is
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._set("epochs", _integer("epochs", self.epochs, 1))
+        self._set("options", dict(self.options))
+
+    @classmethod
+    def from_dict(cls, given: Mapping[str, Any]) -> TrainingSettings:
+        options = dict(given)
+        return cls(options.pop("epochs", cls.epochs), options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The bundle overrides: ``epochs`` and the other keys."""
+        return {"epochs": self.epochs, **self.options}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(_Section):
+    """``runtime``: torch intra-op threads of this process (1 is fastest on small, shared CPUs; see
+    docs/performance.md); ``parallel_baseline``: fit the linear baseline and its permutations in
+    a second process while the CNNs train (each side uses one core)."""
+
+    threads: int = 1
+    parallel_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        self._set("threads", _integer("threads", self.threads, 1))
+        self._set("parallel_baseline", _flag("parallel_baseline", self.parallel_baseline))
+
+
+@dataclass(frozen=True)
+class SplitSettings(_Section):
+    """``splits``: run folds (every class in every test fold), the folds modelled, unseen subjects."""
+
+    #: runs grouped into folds with every class in every test fold (data.splits.run_folds)
+    run_folds: int = 4
+    #: which of those folds get within/cross models (None: all, i.e. full cross-validation)
+    folds: tuple[int, ...] | None = None
+    #: the run fold whose runs are held out in the unseen-subject models
+    unseen_run_fold: int = 0
+    #: "seed" (the seed's 4 folds by position) or "loso"
+    subject_folds: str = "seed"
+    #: seconds of movie time dropped from training around held-out runs (beyond their overlap)
+    gap: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._set("run_folds", _integer("run_folds", self.run_folds, 2))
+        if self.folds is not None:
+            self._set("folds", tuple(_integer("folds", k, 0) for k in self.folds))
+        self._set("unseen_run_fold", _integer("unseen_run_fold", self.unseen_run_fold, 0))
+        self._set("subject_folds", _choice("subject_folds", self.subject_folds, ("seed", "loso")))
+        self._set("gap", _number("gap", self.gap, minimum=0.0))
+
+
+@dataclass(frozen=True)
+class LeakySettings(_Section):
+    """``leaky``: the seed's protocol (random per-volume split, no lag; warned and labelled "leaky")."""
+
+    test_fraction: float = 0.2
+    lag: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._set("test_fraction", _number("test_fraction", self.test_fraction, positive=True))
+        if self.test_fraction >= 1:
+            raise ConfigError(f"test_fraction must be below 1, got {self.test_fraction}", fix="e.g. 0.2")
+        self._set("lag", _number("lag", self.lag))
+        self._set("seed", _integer("seed", self.seed))
+
+
+@dataclass(frozen=True)
+class BaselineSettings(_Section):
+    """``baseline``: the linear decoder (tol 1e-2 / max_iter 100: the same held-out accuracy as
+    tol 1e-4, in under half the time)."""
+
+    enabled: bool = True
+    #: "kbest" (voxel screening) or "pca"
+    reduction: str = "kbest"
+    k: int = 500
+    components: int = 50
+    C: float = 1.0
+    max_iter: int = 100
+    tol: float = 1e-2
+
+    def __post_init__(self) -> None:
+        self._set("enabled", _flag("enabled", self.enabled))
+        self._set("reduction", _choice("reduction", self.reduction, ("kbest", "pca")))
+        for name in ("k", "components", "max_iter"):
+            self._set(name, _integer(name, getattr(self, name), 1))
+        for name in ("C", "tol"):
+            self._set(name, _number(name, getattr(self, name), positive=True))
+
+
+@dataclass(frozen=True)
+class PermutationSettings(_Section):
+    """``permutations``: whole refits with labels circularly shifted within runs."""
+
+    linear: int = 200
+    cnn: int = 0
+    cnn_experiments: tuple[str, ...] = ("within",)
+    first_seed: int = 1
+
+    def __post_init__(self) -> None:
+        self._set("linear", _integer("linear", self.linear, 0))
+        self._set("cnn", _integer("cnn", self.cnn, 0))
+        self._set("cnn_experiments", experiment_names("cnn_experiments", self.cnn_experiments))
+        self._set("first_seed", _integer("first_seed", self.first_seed))
+
+    def count(self, decoder: str) -> int:
+        """How many permutations ``decoder`` (``"linear"`` or ``"cnn"``) gets."""
+        return {"linear": self.linear, "cnn": self.cnn}[decoder]
+
+
+@dataclass(frozen=True)
+class FigureSettings(_Section):
+    """``figures``: the pie's subject and emotion, the embedded model and t-SNE settings."""
+
+    pie_subject: str | None = None
+    pie_emotion: str = "LOVE"
+    embedding_model: str | None = None
+    tsne_perplexity: float = 30.0
+    max_embedding_points: int = 2000
+
+    def __post_init__(self) -> None:
+        self._set("pie_subject", text("pie_subject", self.pie_subject))
+        self._set("pie_emotion", text("pie_emotion", self.pie_emotion, optional=False))
+        self._set("embedding_model", text("embedding_model", self.embedding_model))
+        self._set("tsne_perplexity", _number("tsne_perplexity", self.tsne_perplexity, positive=True))
+        self._set("max_embedding_points", _integer("max_embedding_points", self.max_embedding_points, 1))
+
+
