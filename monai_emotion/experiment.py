@@ -180,6 +180,7 @@ def prepare_experiment(
     cache_dir = str(cache_dir or default_cache_dir(dataset_dir, space, spec))
     found = discover_runs(dataset_dir, space, subjects, runs)
     _check_selection(found, dataset_dir, space, subjects, runs)
+    _check_one_grid(found, spec)
     for problem in found.problems[:4]:
         print(f"! {problem}", flush=True)
     if len(found.problems) > 4:
@@ -242,6 +243,17 @@ def _check_selection(
                         where,
                         fix="copy the run into the dataset, or leave it out of data#runs",
                     )
+
+
+def _check_one_grid(found: Discovery, spec: PreprocessingSpec) -> None:
+    """One model needs one grid: per-subject masks cannot serve a model over several subjects."""
+    if spec.mask is None and spec.mask_strategy == "subject" and len(found.subjects) > 1:
+        raise ConfigError(
+            f"mask_strategy 'subject' gives each of the {len(found.subjects)} subjects its own grid, but one "
+            "model (cross-subject or unseen-subject) needs one grid for all",
+            where="config 'data#preprocessing#mask_strategy'",
+            fix="use mask_strategy 'group' (the default) or a mask file, or select one subject (data#subjects)",
+        )
 
 
 def _check_classes(

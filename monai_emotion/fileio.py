@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from monai_emotion.errors import MonaiEmotionError, write_error
 
 __all__ = [
     "atomic_write_text",
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "dumps",
@@ -131,25 +133,35 @@ def atomic_write_text(
 def atomic_write_bytes(
     path: str | os.PathLike, data: bytes, error: type[MonaiEmotionError] = MonaiEmotionError
 ) -> None:
-    """Write ``data`` to a temporary beside ``path``, fsync, then rename it over ``path``.
+    """Write ``data`` so that ``path`` holds either the old content or all of the new."""
+    atomic_write(path, lambda fh: fh.write(data), error)
 
-    A full disk raises ``error`` (naming ``path``) after the temporary is removed.
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object],
+    error: type[MonaiEmotionError] = MonaiEmotionError,
+) -> Path:
+    """Call ``write(fh)`` on a temporary beside ``path``, fsync, then rename it over ``path``.
+
+    A full disk (or quota) raises ``error`` naming ``path`` after the temporary is removed;
+    any other failure leaves no temporary behind either.
     """
     final = Path(path)
     tmp = temporary_name(final)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError):
-            raise_write_error(exc, final, error)
+        if isinstance(exc, Exception) and (clear := write_error(exc, final, error)):
+            raise clear from exc
         raise
     fsync_dir(final.parent)
+    return final
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any] | None:

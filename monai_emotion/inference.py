@@ -116,9 +116,10 @@ def prepare_inference(
              "movie_time": float(times[t]), "source_image": entry.source}
             for t in range(entry.n_volumes)
         ]
-    if progress:
-        shown = ", ".join(f"{k} {v:.1%}" for k, v in coverage.items())
-        print(f"coverage of the model's mask per run: {shown}", flush=True)
+    if progress and coverage:
+        lowest = min(coverage, key=coverage.get)
+        print(f"coverage of the model's mask: {len(coverage)} runs, lowest {coverage[lowest]:.1%} ({lowest}); "
+              "per run in coverage.json", flush=True)
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(output_dir) / "coverage.json",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_emotion import __version__
+from monai_emotion.errors import config_files_from_argv
 from monai_emotion.fileio import atomic_write_json
 
 __all__ = [
@@ -36,18 +37,9 @@ def bundle_root(default: str = ".") -> str:
     Lets ``python -m monai.bundle run --config_file bundles/x/configs/train.json`` work from
     any working directory while writing models/ and runs/ inside the bundle.
     """
-    argv = sys.argv
-    for k, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and k + 1 < len(argv):
-            value = argv[k + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value:
-            first = value.strip("[]").split(",")[0].strip().strip("'\"")
-            path = Path(first).resolve()
-            if path.parent.name == "configs":
-                return str(path.parent.parent)
+    files = config_files_from_argv()
+    if files and Path(files[0]).resolve().parent.name == "configs":
+        return str(Path(files[0]).resolve().parent.parent)
     return str(Path(default).resolve())
 
 

@@ -39,7 +39,7 @@ from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from torch import nn
 
 from monai_emotion import fileio
-from monai_emotion.errors import CheckpointError, write_error
+from monai_emotion.errors import CheckpointError
 
 __all__ = [
     "load_checkpoint",
@@ -201,21 +201,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fileio.remove_stale_temporaries(path)
-    tmp = fileio.temporary_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, Exception) and (error := write_error(exc, path, CheckpointError)):
-            raise error from exc
-        raise
-    fileio.fsync_dir(path.parent)
-    return path
+    return fileio.atomic_write(path, lambda fh: torch.save(obj, fh), CheckpointError)
 
 
 class CheckpointLoader(_MonaiCheckpointLoader):
