@@ -156,6 +156,21 @@ def test_ground_truth_files(planted):
     assert (episodes["end"] - episodes["onset"] >= 6).all()
 
 
+def test_uniform_world_has_no_realistic_departures(planted):
+    root, summary = planted
+    gt = root / "ground_truth"
+    generation = json.loads((gt / "generation.json").read_text())
+    mask = np.asarray(nib.load(gt / "brain_mask.nii.gz").dataobj) > 0
+    assert generation["preset"] == summary["preset"] == "uniform" and generation["dtype"] == "int16"
+    for record in generation["subject_world"].values():
+        assert record["n_voxels"] == mask.sum() and record["outline_shift_vox"] == [0, 0, 0]
+        assert record["pattern_shift_mm"] == [0.0, 0.0, 0.0] and record["hrf_peak_s"] is None
+        assert set(record["run_intensity"].values()) == {1.0}
+        assert all(not r["spike_volumes"] for r in record["runs"].values())
+    assert not list(gt.glob("sub-*_brain_mask.nii.gz")) and not (gt / "stimulus.tsv").exists()
+    assert not list(root.rglob("*_desc-confounds_timeseries.tsv"))
+
+
 def test_real_annotations_drive_the_timeline(real_annotations, tmp_path):
     summary = make_synthetic(tmp_path / "real", subjects=1, runs=[4], annotations_dir=real_annotations,
                              oracle=False, seed=0, **TINY)

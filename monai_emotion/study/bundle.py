@@ -9,6 +9,7 @@ overrides (``dataset_dir``, ``data#subjects``, ``data#split``, ``data#labels#lag
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -145,6 +146,16 @@ def _close_writers(workflow: Any) -> None:
                 close()
 
 
+def _detached(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``overrides`` for a MONAI parser.
+
+    The parser keeps the dicts it is given and writes nested keys into them: after
+    ``{"data#labels": rule, "data#labels#lag": 0}`` the caller's ``rule`` would hold lag 0, and
+    the study's shared overrides (and every model digest made from them) would change.
+    """
+    return copy.deepcopy(dict(overrides))
+
+
 def run_workflow(files: list[str], overrides: Mapping[str, Any], log_path: Path | None = None) -> Any:
     """Initialise, run and finalise one ``ConfigWorkflow`` in this process.
 
@@ -155,7 +166,7 @@ def run_workflow(files: list[str], overrides: Mapping[str, Any], log_path: Path 
     path_before = list(sys.path)
     with captured(log_path):
         workflow = ConfigWorkflow(config_file=files, workflow_type="train", logging_file=False,
-                                  **dict(overrides))
+                                  **_detached(overrides))
         try:
             workflow.initialize()
             workflow.run()
@@ -172,7 +183,7 @@ def parse_component(study: Study, overrides: Mapping[str, Any], key: str) -> Any
 
     parser = ConfigParser()
     parser.read_config(config_files(study, "train.json"))
-    parser.update(dict(overrides))
+    parser.update(_detached(overrides))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return parser.get_parsed_content(key)

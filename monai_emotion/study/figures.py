@@ -92,8 +92,8 @@ def fig_within_heatmap(results: pd.DataFrame, classes: Sequence[str], path: Path
     panels = _decoder_panels(results, "within", "heldout", 4.5)
     if panels is None:
         return None
-    fig, pairs = panels
-    for ax, decoder in pairs:
+    fig, axes = panels
+    for ax, decoder in axes:
         within = _units(results, decoder, "within", "heldout")
         subjects = sorted(s for s in within["subject"].unique() if s not in (MEAN, POOLED))
         columns = [_recall_column(within, s, classes) for s in subjects]
@@ -196,8 +196,8 @@ def fig_leaky_vs_clean(results: pd.DataFrame, path: Path) -> Path | None:
     panels = _decoder_panels(results, "leaky", "leaky_random", 5.0)
     if panels is None:
         return None
-    fig, pairs = panels
-    for ax, decoder in pairs:
+    fig, axes = panels
+    for ax, decoder in axes:
         subjects = sorted({s for e, t, _ in pairs for s in _units(results, decoder, e, t)["subject"]} - {POOLED})
         subjects = [s for s in subjects if s != MEAN] + [MEAN]
         width = 0.38

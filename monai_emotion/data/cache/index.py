@@ -49,8 +49,9 @@ import numpy as np
 
 from monai_emotion import fileio
 from monai_emotion.data.cache import store
-from monai_emotion.data.cache.build import RunBuilder, run_stem
+from monai_emotion.data.cache.build import RunBuilder
 from monai_emotion.data.cache.spec import PreprocessingSpec
+from monai_emotion.data.cache.store import run_stem
 from monai_emotion.data.studyforrest import RunInfo, discover_runs, normalize_subject
 from monai_emotion.errors import CacheError, ConfigError, DataError
 
@@ -369,11 +370,11 @@ def prepare_cache(
     summary.notes += discovery.problems
     user_mask = os.fspath(mask) if mask is not None else None
 
-    plans = {(r.subject, r.run): builder.mask_plan(r, discovery_all, user_mask) for r in selected}
+    plans = {(r.subject, r.run): builder.masks.plan(r, discovery_all, user_mask) for r in selected}
     coverage, prints = {}, {}
     for r in selected:
         key = (r.subject, r.run)
-        coverage[key] = builder.coverage_plan(r, plans[key])
+        coverage[key] = builder.masks.coverage_plan(r, plans[key])
         prints[key] = builder.fingerprint(r, plans[key], coverage[key])
     mine = selected[rank::world]
     for info in mine:

@@ -12,7 +12,7 @@ import numpy as np
 from monai_emotion.errors import CacheError
 from monai_emotion.fileio import fsync_dir, raise_write_error, temporary_name
 
-__all__ = ["CACHE_FORMAT_VERSION", "AtomicNpyWriter", "check_format_version"]
+__all__ = ["CACHE_FORMAT_VERSION", "AtomicNpyWriter", "check_format_version", "run_stem"]
 
 #: bump when the bytes a cache holds for the same inputs and parameters change meaning
 CACHE_FORMAT_VERSION = 2
@@ -109,3 +109,6 @@ def check_format_version(sidecar: dict[str, Any], path: Path, *, allow_older: bo
     )
 
 
+def run_stem(subject: str, run: int) -> str:
+    """The file stem of a cached run (``sub-01_run-01``): frames, sidecar and coverage mask."""
+    return f"sub-{subject}_run-{int(run):02d}"

@@ -2,6 +2,9 @@
 
 ``timeline`` (the hidden emotion episodes and simulated observers), ``bold`` (voxels: masks,
 patterns, noise, NIfTI writing), ``generate`` (:func:`make_synthetic`, the whole tree),
+``layout`` (argument checks, random streams, BIDS side files), ``realistic`` (the
+``preset="realistic"`` world: per-subject coverage, misalignment, HRF latency, spikes, motion,
+run intensity, data types), ``stimulus`` (the shared soundtrack response and the HRF),
 ``oracle`` (the best decoder given the planted patterns) and ``demo`` (the bundle's demo data).
 """
 
@@ -12,11 +15,14 @@ from monai_emotion.data.synthetic.generate import (
     make_synthetic,
 )
 from monai_emotion.data.synthetic.oracle import oracle_decode
+from monai_emotion.data.synthetic.realistic import PRESETS, REALISTIC_CLASS_STRENGTH
 
 __all__ = [
     "DEMO",
     "DEFAULT_CLASS_SHARED",
     "DEFAULT_CLASS_STRENGTH",
+    "PRESETS",
+    "REALISTIC_CLASS_STRENGTH",
     "ensure_demo_dataset",
     "make_synthetic",
     "oracle_decode",

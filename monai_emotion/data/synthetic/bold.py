@@ -253,7 +253,7 @@ def run_chunks(model: SubjectModel, signal: np.ndarray, noise: NoiseParams, rng:
         yield pct
 
 
-def run_header(grid: Grid, n_volumes: int, slope: float, qform_code: int,
+def run_header(grid: Grid, n_volumes: int, slope: float | None, qform_code: int,
                dtype: str = "int16") -> nib.Nifti1Header:
     """Header of one 4D run: TR in pixdim[4], mm/sec units, qform and sform set.
 

@@ -169,8 +169,8 @@ def make_synthetic(
     coverage_cut_mm
         Up to this much of the slab is cut at each z end, drawn per subject (0 / 9.6 mm).
     coverage_shift_mm
-        In-plane move of the subject's brain outline, random direction, whole voxels; the
-        subject covers the group mask where it overlaps its moved copy (0 / 4.8 mm).
+        In-plane move of the subject's brain outline, random direction, whole voxels (at least
+        one); the subject covers the group mask where it overlaps its moved copy (0 / 4.8 mm).
     misalignment_mm
         Distance the shared component of every class pattern moves per subject, random 3D
         direction (0 / 4.8 mm: one voxel at scale 4).
@@ -246,6 +246,8 @@ def make_synthetic(
         if shortest[r - 1] < st.MIN_VOLUMES:
             raise ConfigError(f"run {r} would have {shortest[r - 1]} volumes; every class cannot be "
                               f"planted in fewer than {st.MIN_VOLUMES}", fix=f"use volumes_per_run >= {st.MIN_VOLUMES}")
+    grid = sb.make_grid(int(scale))
+    sr.check_coverage(world, grid)
     sl.prepare(out, overwrite)
     gt = out / "ground_truth"
     gt.mkdir()
@@ -272,7 +274,6 @@ def make_synthetic(
     # written now so that an interrupted generation can be overwritten; completed at the end
     sl.write_json(gt / "generation.json", {**params, "complete": False})
 
-    grid = sb.make_grid(int(scale))
     mask = sb.brain_mask(grid)
     group_blobs = sb.pattern_blobs(sl.rng(seed, "group"), mask, len(CLASSES))
     group, group_peaks = sb.pattern_values(group_blobs, grid, mask)
@@ -280,7 +281,7 @@ def make_synthetic(
     scores: dict[str, dict] = {}
     summary_runs: dict[str, dict[int, str]] = {}
     volumes: dict[str, dict[int, int]] = {}
-    slopes: dict[str, float] = {}
+    slopes: dict[str, float | None] = {}
     subject_world: dict[str, dict] = {}
     paths = {"generation": gt / "generation.json", "mask": gt / "brain_mask.nii.gz",
              "group_patterns": gt / "patterns_group.nii.gz", "episodes": gt / "true_episodes.tsv",
@@ -318,7 +319,8 @@ def make_synthetic(
         spiky = world.spikes_per_run > 0
         edge = sr.edge_weight(draw.coverage, grid.voxel_mm) if spiky else None
         headroom = max(draw.run_intensity.values()) * (1 + 1.4 * world.spike_size / 100 if spiky else 1.0)
-        slopes[sub] = float(np.float32(2.0 * model.baseline.max() * headroom / 32000))
+        slope = float(np.float32(2.0 * model.baseline.max() * headroom / 32000))
+        slopes[sub] = slope if draw.dtype == "int16" else None
         model = sr.restrict(model, draw.keep)
         summary_runs[sub], volumes[sub] = {}, {}
         subject_world[sub] = {**draw.record(grid), "runs": {}}

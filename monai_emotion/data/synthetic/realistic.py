@@ -27,7 +27,7 @@ from monai_emotion.data.synthetic.timeline import MIN_VOLUMES
 from monai_emotion.errors import ConfigError
 
 __all__ = ["PRESETS", "REALISTIC_CLASS_STRENGTH", "REAL_SHORT_RUNS", "World", "SubjectDraw",
-           "RunEffects", "resolve_world", "draw_subject", "draw_run", "restrict", "scanner_effects",
+           "RunEffects", "resolve_world", "check_coverage", "draw_subject", "draw_run", "restrict", "scanner_effects",
            "edge_weight", "default_short_runs", "real_absent_subjects", "motion_path"]
 
 #: the real run cut short (sub-04 run 8 lacks its last 75 volumes)
@@ -95,9 +95,9 @@ def resolve_world(preset: str, class_defaults: Mapping[str, float], **knobs) -> 
     values = {"class_strength": dict(class_defaults), **PRESETS[preset]}
     values.update({k: v for k, v in knobs.items() if v is not None})
     world = World(preset=preset, **values)
-    lengths = (world.coverage_cut_mm, world.coverage_shift_mm, world.misalignment_mm, world.stimulus_strength,
+    sizes = (world.coverage_cut_mm, world.coverage_shift_mm, world.misalignment_mm, world.stimulus_strength,
                world.spike_size)
-    if min(lengths) < 0 or world.spikes_per_run < 0 or not 0 <= world.run_intensity < 0.5:
+    if min(sizes) < 0 or world.spikes_per_run < 0 or not 0 <= world.run_intensity < 0.5:
         raise ConfigError("coverage, misalignment, stimulus and spike settings must be >= 0 and run_intensity "
                           f"in [0, 0.5): {world.record()}", fix="correct the realistic-world knobs")
     if world.class_concentration <= 0:
@@ -159,23 +159,32 @@ def _subject_dtype(world: World, subject: str, index: int) -> str:
     return world.dtype
 
 
+def check_coverage(world: World, grid: Grid) -> None:
+    """Refuse a slab cut that could leave under half of the grid's slices."""
+    nz = grid.shape[2]
+    if nz - 2 * int(np.rint(world.coverage_cut_mm / grid.voxel_mm)) < max(3, nz // 2):
+        raise ConfigError(f"coverage_cut_mm={world.coverage_cut_mm} could leave under half of the "
+                          f"{nz} slices of {grid.voxel_mm:g} mm", fix="use a smaller coverage_cut_mm")
+
+
 def draw_subject(seed: int, subject: str, index: int, world: World, grid: Grid, mask: np.ndarray) -> SubjectDraw:
     """Draw one subject's coverage, pattern shift, HRF peak, data type and run intensities.
 
     Coverage = the group mask, minus up to ``coverage_cut_mm`` of slices at each end of the
     slab (z), intersected with the mask moved in-plane by ``coverage_shift_mm`` in a random
-    direction (whole voxels): voxels go missing at the edges, none are added. The shared
+    direction (whole voxels, at least one): voxels go missing at the edges, none are added. The shared
     pattern component moves by exactly ``misalignment_mm`` in a random 3D direction.
     ``index`` is the subject's position among the generated ones (for ``dtype="mixed"``).
     """
     r = rng(seed, "coverage", subject)
     nz = grid.shape[2]
+    check_coverage(world, grid)
     cut = np.rint(r.uniform(0.0, world.coverage_cut_mm, 2) / grid.voxel_mm).astype(int)
-    if nz - cut.sum() < max(3, nz // 2):
-        raise ConfigError(f"coverage_cut_mm={world.coverage_cut_mm} would leave under half of the "
-                          f"{nz} slices", fix="use a smaller coverage_cut_mm")
     angle = r.uniform(0.0, 2 * np.pi)
-    dxy = np.rint(world.coverage_shift_mm * np.array([np.cos(angle), np.sin(angle)]) / grid.voxel_mm)
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    dxy = np.rint(world.coverage_shift_mm * direction / grid.voxel_mm)
+    if world.coverage_shift_mm > 0 and not dxy.any():  # voxels coarser than the shift: move one
+        dxy[np.argmax(np.abs(direction))] = np.sign(direction[np.argmax(np.abs(direction))])
     shift = (int(dxy[0]), int(dxy[1]), 0)
     slab = (int(cut[0]), int(nz - cut[1]))
     coverage = mask.copy()

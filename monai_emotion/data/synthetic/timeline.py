@@ -20,7 +20,7 @@ import pandas as pd
 
 from monai_emotion.data.annotations import Episode, read_observers, write_observer_file
 from monai_emotion.data.labels import CLASSES, NONE, label_volumes, load_emotion_map
-from monai_emotion.data.studyforrest import MOVIE_END, SEGMENT_STARTS
+from monai_emotion.data.studyforrest import MOVIE_END, SEGMENT_STARTS, TR
 from monai_emotion.errors import ConfigError
 
 __all__ = [
@@ -194,7 +194,7 @@ def plan_timeline(
                 fix=f"use volumes_per_run >= {MIN_VOLUMES} (and short runs of at least that)",
             )
         a = max(int(start) + EDGE_START, cursor)
-        b = int(start) + 2 * int(n) - EDGE_END
+        b = int(start) + int(TR * n) - EDGE_END  # the run's last acquisition ends at start + TR * n
         if a > cursor:
             regions.append((cursor, a, 0))
         regions.append((a, b, r))
