@@ -236,7 +236,7 @@ def run_with_clean_errors(entry: Callable[[], object], argv: list[str] | None = 
     if debug:
         args.remove("--debug")
         sys.argv[1:] = args
-        # the excepthook installed on import would otherwise shorten the re-raised error
+        # the excepthook installed by main() would otherwise shorten the re-raised error
         os.environ[DEBUG_ENV] = "1"
     try:
         entry()

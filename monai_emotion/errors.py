@@ -6,8 +6,9 @@ traceback for these types (``--debug`` shows it).
 
 Bundle runs (``python -m monai.bundle run ...``) do not go through our command line, and
 MONAI wraps every exception raised while building a component or evaluating a ``$``
-expression in ``RuntimeError("Failed to instantiate ...")``. Importing :mod:`monai_emotion`
-(every bundle config does) therefore installs :func:`excepthook`: when an uncaught
+expression in ``RuntimeError("Failed to instantiate ...")``. The first ``initialize`` step of
+every bundle config (:func:`monai_emotion.runtime.install_clean_errors`) and the command line
+therefore install :func:`excepthook` (importing the package installs nothing): when an uncaught
 exception's chain holds one of these errors, only its one or two lines are printed (exit
 status 1, Python's for any uncaught exception). Engine handlers (MONAI's ``StatsHandler``)
 also log an exception with its traceback before re-raising it; for our errors the log keeps

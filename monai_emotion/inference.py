@@ -88,7 +88,8 @@ def prepare_inference(
                           fix="pass a 4D .nii/.nii.gz file, a folder of them, or a BIDS root")
     cache = Path(cache_dir) if cache_dir else (
         user_cache_dir() / "inference" / f"{source.resolve().name}-{contract.digest()}")
-    if source.is_dir() and ((source / "dataset_description.json").is_file() or any(source.glob("sub-*"))):
+    bids = (source / "dataset_description.json").is_file() or any(p.is_dir() for p in source.glob("sub-*"))
+    if source.is_dir() and bids:  # a BIDS root; a folder of loose sub-*_bold.nii.gz files is not one
         root, pattern = source, space or contract.space
     else:
         files = [source] if source.is_file() else sorted(

@@ -25,7 +25,7 @@ from monai_emotion.study.runner import run_study, selected
 from monai_emotion.study.scoring import MEAN, POOLED, unit_scores
 
 CLASSES = ["HAPPINESS", "SADNESS", "FEAR", "LOVE", "ANGER"]
-#: a planted signal about 3x the generator's current default strengths, given explicitly so the
+#: a planted signal 8x the generator's uniform default strengths, given explicitly so the
 #: test does not move when the defaults are retuned: strong enough that 3 subjects x 8 runs of 60
 #: volumes train the seed's CNN in seconds and the oracle sits near its label-noise ceiling. The
 #: oracle sees the same data, so the CNN/oracle ratio stays an honest end-to-end check (default

@@ -22,6 +22,7 @@ from monai_emotion.errors import ImageError, LayoutError
 
 __all__ = [
     "TR",
+    "SHORT_RUNS",
     "N_RUNS",
     "SEGMENT_STARTS",
     "VOLUMES_PER_RUN",
@@ -47,6 +48,8 @@ N_RUNS = 8
 #: movie ("research cut") second at which each fMRI segment starts; segments overlap by 16 s
 SEGMENT_STARTS: tuple[float, ...] = (0.0, 886.0, 1752.0, 2612.0, 3572.0, 4480.0, 5342.0, 6410.0)
 VOLUMES_PER_RUN: tuple[int, ...] = (451, 441, 438, 488, 462, 439, 542, 338)
+#: the released data's one short run: sub-04's run 8 stops at 263 of 338 volumes
+SHORT_RUNS: dict[tuple[str, int], int] = {("04", 8): 263}
 MOVIE_END = 7086.0
 OVERLAP_SECONDS = 16.0
 ALIGNED_SHAPE: tuple[int, int, int] = (132, 175, 48)

@@ -258,15 +258,7 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def study_cli(config: str, out: str | None = None, only: str | None = None, force: bool = False) -> None:
-    """Run a study from its JSON config (see ``studies/demo.json``).
-
-    Parameters
-    ----------
-    config: the study file
-    out: output folder (default results/<study name>)
-    only: comma-separated subset to (re)compute: within, cross, unseen, leaky, cnn, linear, permutations, a model id glob (within/sub-01/*), or decoder:pattern (cnn:cross)
-    force: recompute selected models even if their results exist
-    """
+    """:func:`run_study` behind a check that the study file exists (``monai-emotion study``)."""
     if not Path(config).is_file():
         raise ConfigError("study file not found", config, fix="pass e.g. --config studies/demo.json")
     run_study(config, out=out, only=only, force=force)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from monai_emotion.data.studyforrest import SUBJECTS, VOLUMES_PER_RUN
+from monai_emotion.data.studyforrest import SHORT_RUNS, SUBJECTS, VOLUMES_PER_RUN
 from monai_emotion.data.synthetic.bold import DTYPES, Grid, SubjectModel
 from monai_emotion.data.synthetic.layout import rng
 from monai_emotion.data.synthetic.timeline import MIN_VOLUMES
@@ -31,7 +31,7 @@ __all__ = ["PRESETS", "REALISTIC_CLASS_STRENGTH", "REAL_SHORT_RUNS", "World", "S
            "edge_weight", "default_short_runs", "real_absent_subjects", "motion_path"]
 
 #: the real run cut short (sub-04 run 8 lacks its last 75 volumes)
-REAL_SHORT_RUNS: dict[tuple[str, int], int] = {("04", 8): 263}
+REAL_SHORT_RUNS = SHORT_RUNS  # the fact lives in studyforrest.py
 #: peak percent signal change of each class in the realistic world: the uniform defaults
 #: (fear strongest, love weakest) times 0.7, which puts the oracle near 0.5-0.6 balanced accuracy
 REALISTIC_CLASS_STRENGTH: dict[str, float] = {"HAPPINESS": 0.56, "SADNESS": 0.56, "FEAR": 0.7,
