@@ -218,8 +218,11 @@ def check_experiment(experiment: Mapping[str, Any], ckpt_dir: str | os.PathLike)
         )
 
 
-def check_source_grid(contract: Contract, runs: Sequence[Any]) -> None:
-    """Each run must be on the training's source grid (shape and affine), else a clear error."""
+def check_source_grid(contract: Contract, runs: Sequence[Any], names: Mapping[str, str] | None = None) -> None:
+    """Each run must be on the training's source grid (shape and affine), else a clear error.
+
+    ``names`` maps a run's path to the path to show (the user's file behind a staged link).
+    """
     affine = np.asarray(contract.source_affine, dtype=float)
     for run in runs:
         shape = tuple(int(s) for s in run.shape[:3])
@@ -228,7 +231,7 @@ def check_source_grid(contract: Contract, runs: Sequence[Any]) -> None:
             what = ("shape " + f"{shape} vs {contract.source_shape}") if shape != contract.source_shape else "affine"
             raise ImageError(
                 f"this run is not on the model's training grid ({what}; space '{contract.space}')",
-                run.path,
+                (names or {}).get(str(run.path), run.path),
                 fix="resample it into the training space first, e.g. nilearn.image.resample_to_img(run, "
                 "models/mask.nii.gz), or give the run of the training's space",
             )

@@ -91,6 +91,7 @@ def prepare_inference(
     bids = (source / "dataset_description.json").is_file() or any(p.is_dir() for p in source.glob("sub-*"))
     if source.is_dir() and bids:  # a BIDS root; a folder of loose sub-*_bold.nii.gz files is not one
         root, pattern = source, space or contract.space
+        given: dict[str, str] = {}
     else:
         files = [source] if source.is_file() else sorted(
             p for p in source.iterdir() if p.name.endswith((".nii", ".nii.gz")))
@@ -99,9 +100,11 @@ def prepare_inference(
                               fix="pass a 4D run, a folder of runs, or a BIDS root")
         root = cache
         pattern = _stage_files(files, cache / "inputs")
+        # errors name the user's file, not our link to it
+        given = {str(link): os.readlink(link) for link in (cache / "inputs").iterdir() if link.is_symlink()}
     lengths = {"expected_volumes": _ANY_LENGTH} if pattern != contract.space else {}
     subject_list = [normalize_subject(s) for s in subjects] if subjects is not None else None
-    check_source_grid(contract, discover_runs(root, pattern, subject_list, **lengths).runs)
+    check_source_grid(contract, discover_runs(root, pattern, subject_list, **lengths).runs, given)
     index = prepare_cache(root, cache / "preprocessed", contract.inference_spec(ckpt_dir), space=pattern,
                           subjects=subject_list, progress=progress, **lengths)
     items, coverage = [], {}
