@@ -177,10 +177,11 @@ def prepare_experiment(
                           fix="pass --annotations_dir /path/to/studyforrest-data-annotations")
     if not Path(dataset_dir).is_dir():
         raise LayoutError("dataset_dir not found", dataset_dir, fix="pass the BIDS root of ds000113")
-    cache_dir = str(cache_dir or default_cache_dir(dataset_dir, space, spec))
     found = discover_runs(dataset_dir, space, subjects, runs)
     _check_selection(found, dataset_dir, space, subjects, runs)
     _check_one_grid(found, spec)
+    spec = spec.resolved(len(found.subjects))  # "auto": one subject -> its own mask, else the group's
+    cache_dir = str(cache_dir or default_cache_dir(dataset_dir, space, spec))
     for problem in found.problems[:4]:
         print(f"! {problem}", flush=True)
     if len(found.problems) > 4:
@@ -199,6 +200,10 @@ def prepare_experiment(
     index = prepare_cache(dataset_dir, cache_dir, spec, space=space, subjects=found.subjects, runs=runs,
                           shard=tuple(cache_shard) if cache_shard else None, progress=progress)
     parts = {name: attach_cache(part, index) for name, part in parts.items()}
+    if not parts["train"]:
+        raise ConfigError("every training item sits on a censored outlier volume",
+                          fix="check the runs (cache_summary.json lists censored volumes), or set "
+                          "data#preprocessing#outliers to 'none'")
     first = parts["train"][0]
     shape = index[first["subject"], first["run"]].shape[1:]
     return {
@@ -210,6 +215,7 @@ def prepare_experiment(
         "annotations_dir": str(annotations_dir),
         "cache_dir": str(cache_dir),
         "problems": list(found.problems),
+        "censored": {f"sub-{r.subject}_run-{r.run:02d}": list(r.censored) for r in index.values() if r.censored},
         "space": space,
         "label_rule": rule,
         "preprocessing": spec,

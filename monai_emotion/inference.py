@@ -114,10 +114,11 @@ def prepare_inference(
                               entry.sidecar, fix="delete this inference cache folder and run again")
         meta = read_json(entry.sidecar) or {}
         coverage[f"sub-{subject}_run-{run:02d}"] = float(meta.get("coverage", {}).get("fraction", 1.0))
+        censored = set(entry.censored)  # still predicted (zero frames), marked in the events
         times = volume_movie_times(run, entry.n_volumes) if 1 <= run <= 8 else TR * np.arange(entry.n_volumes)
         items += [
             {"image": entry.path, "frame": t, "label": -1, "subject": subject, "run": run,
-             "movie_time": float(times[t]), "source_image": entry.source}
+             "movie_time": float(times[t]), "source_image": entry.source, "censored": t in censored}
             for t in range(entry.n_volumes)
         ]
     if progress and coverage:

@@ -312,7 +312,8 @@ def test_group_mask_shards_and_motion_confounds(tmp_path: Path) -> None:
     moco = (
         bold_path(root, "01", 1).parent / "sub-01_ses-forrestgump_task-forrestgump_run-01_moco.txt"
     )
-    np.savetxt(moco, np.random.default_rng(0).standard_normal((T, 6)))
+    # realistic scale: translations ~0.02 mm, rotations ~2e-4 rad (FD well below the 0.5 mm censoring cut)
+    np.savetxt(moco, np.random.default_rng(0).standard_normal((T, 6)) * [0.02, 0.02, 0.02, 2e-4, 2e-4, 2e-4])
     with_motion = build(
         root, tmp_path / "m", subjects=["01"], runs=[1], confounds="motion", high_pass=0.01
     )

@@ -35,6 +35,8 @@ __all__ = [
     "derive_labels",
     "class_by_run_table",
     "circular_shift_labels",
+    "shift_offset",
+    "OUTSIDE_ROW",
     "write_label_tables",
     "read_label_tables",
 ]
@@ -69,12 +71,17 @@ class LabelRule:
         Hemodynamic lag in seconds subtracted from the volume's mid time (0: none).
     emotion_map
         A token -> class table (JSON, see :func:`load_emotion_map`); ``None``: the packaged one.
+    outside_run
+        ``"none"``: a volume whose label time falls outside its own run's movie segment (at lag
+        4 s, the first two volumes of every run point at seconds heard in the previous run) is
+        ``NONE``; ``"keep"``: label it from the annotations anyway (the behaviour before).
     """
 
     observers: str | tuple[str, ...] = "av"
     threshold: float = 0.5
     lag: float = 4.0
     emotion_map: str | None = None
+    outside_run: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.observers, str):
@@ -86,6 +93,7 @@ class LabelRule:
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}", where="label rule",
                               fix="use e.g. 0.5")
+        _check_outside_run(self.outside_run)
 
     @classmethod
     def from_dict(cls, given: LabelRule | Mapping[str, object] | None = None, where: str = "labels",
@@ -110,7 +118,22 @@ class LabelRule:
 
     def derive(self, annotations: str | os.PathLike, **options: object) -> pd.DataFrame:
         """Label every volume from the observer files under ``annotations`` (:func:`derive_labels`)."""
-        return derive_labels(annotations, self.observers, self.threshold, self.lag, self.emotion_map, **options)
+        return derive_labels(annotations, self.observers, self.threshold, self.lag, self.emotion_map,
+                             outside_run=self.outside_run, **options)
+
+
+#: what ``LabelRule.outside_run`` accepts
+OUTSIDE_RUN_CHOICES = ("none", "keep")
+#: the label-table column flagging volumes whose label time lies outside their run's segment
+OUTSIDE_COLUMN = "outside_run"
+#: the class-by-run table's row counting the volumes made NONE by that rule (part of NONE)
+OUTSIDE_ROW = "NONE_OUTSIDE_RUN"
+
+
+def _check_outside_run(value: str) -> None:
+    if value not in OUTSIDE_RUN_CHOICES:
+        raise ConfigError(f"outside_run={value!r}", where="label rule",
+                          fix=f"use one of {list(OUTSIDE_RUN_CHOICES)}")
 
 
 #: the defaults, for signatures that take the rule's fields one by one
@@ -183,6 +206,7 @@ def label_volumes(
     segment_starts: Sequence[float] = SEGMENT_STARTS,
     volumes_per_run: Sequence[int] = VOLUMES_PER_RUN,
     runs: Sequence[int] | None = None,
+    outside_run: str = DEFAULT_RULE.outside_run,
 ) -> pd.DataFrame:
     """Label every volume of every run from observer episodes.
 
@@ -200,12 +224,17 @@ def label_volumes(
         Movie second at which each run starts, and its number of volumes.
     runs
         1-based runs to label (default: all).
+    outside_run
+        ``"none"``: volumes whose label time lies outside ``[start[r], start[r] + TR * n)``, the
+        run's own movie segment, are ``NONE`` (the participant heard that moment in another run,
+        or before the movie began); ``"keep"``: labelled like any other volume.
 
     Returns
     -------
     pandas.DataFrame
-        One row per volume: ``run, volume, movie_time, label_time, label, label_index``
-        (-1 for NONE/TIE), ``votes_<CLASS>`` per class, ``n_observers``, ``soft_<CLASS>``.
+        One row per volume: ``run, volume, movie_time, label_time, outside_run`` (the label time
+        lies outside the run's segment), ``label, label_index`` (-1 for NONE/TIE),
+        ``votes_<CLASS>`` per class, ``n_observers``, ``soft_<CLASS>``.
     """
     emap = emotion_map or load_emotion_map()
     episode_lists = list(observers.values()) if isinstance(observers, Mapping) else list(observers)
@@ -220,12 +249,17 @@ def label_volumes(
             fix="give one start and one volume count per run",
         )
     run_ids = list(runs) if runs is not None else list(range(1, len(volumes_per_run) + 1))
+    _check_outside_run(outside_run)
     needed = threshold * n_obs - 1e-9  # 0.5 x 9 = 4.5 -> 5 votes; float-safe
     frames = []
     for run in run_ids:
         movie = volume_movie_times(run, int(volumes_per_run[run - 1]), segment_starts)
         label_time = movie + TR / 2 - lag
         votes = _votes(episode_lists, label_time, emap)
+        outside = (label_time < movie[0]) | (label_time >= movie[0] + TR * movie.size) if movie.size else \
+            np.zeros(0, dtype=bool)
+        if outside_run == "none":
+            votes[:, outside] = 0
         qualifies = votes >= needed
         top = np.where(qualifies, votes, -1).max(axis=0)
         n_top = ((votes == top) & qualifies).sum(axis=0)
@@ -238,6 +272,7 @@ def label_volumes(
                 "volume": np.arange(movie.size),
                 "movie_time": movie,
                 "label_time": label_time,
+                OUTSIDE_COLUMN: outside,
                 "label": label,
                 "label_index": np.where(n_top == 1, winner, -1),
             }
@@ -250,7 +285,7 @@ def label_volumes(
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table.attrs.update(threshold=threshold, lag=lag, classes=list(emap.classes),
-                       emotion_map=emap.source, n_observers=n_obs)
+                       emotion_map=emap.source, n_observers=n_obs, outside_run=outside_run)
     return table
 
 
@@ -263,6 +298,7 @@ def derive_labels(
     segment_starts: Sequence[float] = SEGMENT_STARTS,
     volumes_per_run: Sequence[int] = VOLUMES_PER_RUN,
     runs: Sequence[int] | None = None,
+    outside_run: str = DEFAULT_RULE.outside_run,
 ) -> pd.DataFrame:
     """Read an observer set from disk and label every volume (see :func:`label_volumes`)."""
     emap = emotion_map if isinstance(emotion_map, EmotionMap) else load_emotion_map(emotion_map)
@@ -270,10 +306,21 @@ def derive_labels(
     episodes = read_observers(annotations, observers, vocabulary)
     table = label_volumes(
         episodes, threshold=threshold, lag=lag, emotion_map=emap,
-        segment_starts=segment_starts, volumes_per_run=volumes_per_run, runs=runs,
+        segment_starts=segment_starts, volumes_per_run=volumes_per_run, runs=runs, outside_run=outside_run,
     )
     table.attrs["observer_files"] = sorted(episodes)
     return table
+
+
+def shift_offset(rng: np.random.Generator, n: int, min_shift: int = 10) -> int:
+    """One run's circular-shift offset: uniform in ``[min_shift, n - min_shift)`` (0 for ``n <= 1``).
+
+    The one rule for the study's permutations and for the simulations that check their tests.
+    """
+    if n <= 1:
+        return 0
+    low, high = min(min_shift, n // 2), max(n - min_shift, n // 2 + 1)
+    return int(rng.integers(low, high))
 
 
 def circular_shift_labels(labels: pd.DataFrame, seed: int, min_shift: int = 10) -> pd.DataFrame:
@@ -285,11 +332,10 @@ def circular_shift_labels(labels: pd.DataFrame, seed: int, min_shift: int = 10) 
     """
     rng = np.random.default_rng(seed)
     shifted = []
-    label_columns = [c for c in labels.columns if c not in ("run", "volume", "movie_time", "label_time")]
+    fixed = ("run", "volume", "movie_time", "label_time", OUTSIDE_COLUMN)  # properties of the volume's time
+    label_columns = [c for c in labels.columns if c not in fixed]
     for _, frame in labels.groupby("run", sort=True):
-        n = len(frame)
-        low, high = min(min_shift, n // 2), max(n - min_shift, n // 2 + 1)
-        offset = int(rng.integers(low, high)) if n > 1 else 0
+        offset = shift_offset(rng, len(frame), min_shift)
         frame = frame.copy()
         frame[label_columns] = np.roll(frame[label_columns].to_numpy(), offset, axis=0)
         shifted.append(frame)
@@ -299,10 +345,17 @@ def circular_shift_labels(labels: pd.DataFrame, seed: int, min_shift: int = 10) 
 
 
 def class_by_run_table(labels: pd.DataFrame) -> pd.DataFrame:
-    """Counts of each label (classes, then TIE and NONE) per run, with totals."""
+    """Counts of each label (classes, then TIE and NONE) per run, with totals.
+
+    When the table flags volumes outside their run's segment (``outside_run``) and the rule made
+    them NONE, the extra row :data:`OUTSIDE_ROW` counts them (they are part of the NONE row).
+    """
     classes = list(labels.attrs.get("classes", CLASSES))
     order = classes + [TIE, NONE]
     table = pd.crosstab(labels["label"], labels["run"]).reindex(order, fill_value=0)
+    if OUTSIDE_COLUMN in labels and labels.attrs.get("outside_run", "none") == "none":
+        outside = labels[labels[OUTSIDE_COLUMN].astype(bool)].groupby("run").size()
+        table.loc[OUTSIDE_ROW] = outside.reindex(table.columns, fill_value=0)
     table.columns = [f"run-{r}" for r in table.columns]
     table["total"] = table.sum(axis=1)
     table.index.name = "label"

@@ -2,7 +2,14 @@
 
 All subjects heard the same movie, and neighbouring runs share 16 s of it. A clean split
 therefore keeps every *movie moment* on one side: training items whose stimulus window
-overlaps a test run's movie interval (plus an optional gap) are dropped from training.
+overlaps a test run's movie interval (plus a gap) are dropped from training.
+
+An item's *stimulus window* spans its acquisition window ``[movie_time, movie_time + TR)``
+and the second its label is read at (``label_time = movie_time + 1 - lag``): both the BOLD
+and the label of the item refer to movie seconds in it. The gap widens the held-out windows
+on both sides. It should cover the lag plus the span of a BOLD response (:data:`HRF_SECONDS`):
+a volume acquired within that distance of a test moment still carries that moment's
+response. :func:`default_gap` is the value the study uses (20 s at the default 4 s lag).
 """
 
 from __future__ import annotations
@@ -24,16 +31,34 @@ __all__ = [
     "run_folds",
     "subject_folds",
     "drop_movie_overlap",
+    "HRF_SECONDS",
+    "default_gap",
 ]
+
+#: seconds over which one brief stimulus moment shapes the BOLD signal: the canonical
+#: (Glover) HRF peaks at 5-6 s and is back near baseline by ~16 s (its undershoot is small)
+HRF_SECONDS = 16.0
+
+
+def default_gap(lag: float) -> float:
+    """The gap (seconds) around held-out runs for labels read ``lag`` s back: ``lag + HRF_SECONDS``."""
+    return float(max(lag, 0.0) + HRF_SECONDS)
 
 
 class LeakySplitWarning(UserWarning):
     """A split that puts temporally adjacent volumes on both sides of train/test."""
 
 
+def _window(item: dict) -> tuple[float, float]:
+    """An item's stimulus window: its acquisition window and its label time (module notes)."""
+    start = float(item["movie_time"])
+    label = float(item.get("label_time", start))
+    return min(start, label), max(start, label) + TR
+
+
 def _movie_intervals(items: Iterable[dict]) -> list[tuple[float, float]]:
-    """Merged movie-second intervals covered by the items' acquisition windows."""
-    spans = sorted((float(i["movie_time"]), float(i["movie_time"]) + TR) for i in items)
+    """Merged movie-second intervals covered by the items' stimulus windows."""
+    spans = sorted(_window(i) for i in items)
     merged: list[list[float]] = []
     for start, end in spans:
         if merged and start <= merged[-1][1]:
@@ -44,7 +69,7 @@ def _movie_intervals(items: Iterable[dict]) -> list[tuple[float, float]]:
 
 
 def drop_movie_overlap(train: list[dict], test: list[dict], gap: float = 0.0) -> list[dict]:
-    """Training items whose movie window (widened by ``gap`` s) misses every test moment."""
+    """Training items whose stimulus window misses every test item's window widened by ``gap`` s."""
     intervals = _movie_intervals(test)
     if not intervals:
         return list(train)
@@ -52,8 +77,7 @@ def drop_movie_overlap(train: list[dict], test: list[dict], gap: float = 0.0) ->
     ends = np.array([b for _, b in intervals]) + gap
     kept = []
     for item in train:
-        t0 = float(item["movie_time"])
-        t1 = t0 + TR
+        t0, t1 = _window(item)
         k = np.searchsorted(starts, t1, side="left") - 1
         if k >= 0 and t0 < ends[k]:
             continue
@@ -66,8 +90,8 @@ def split_by_runs(
 ) -> tuple[list[dict], list[dict]]:
     """Hold out whole runs; drop training volumes that share movie moments with them.
 
-    ``gap`` (seconds) widens the exclusion around each held-out interval, for BOLD
-    autocorrelation across the boundary.
+    ``gap`` (seconds) widens the exclusion around each held-out interval, for the lag and
+    the BOLD response across the boundary (the study passes :func:`default_gap`).
     """
     held = {int(r) for r in test_runs}
     present = {int(i["run"]) for i in items}

@@ -54,6 +54,7 @@ def rows_from_engine(engine: Engine, prob_key: str = "prob") -> list[dict[str, A
                 "volume": int(_scalar(item.get("frame", 0))),
                 "movie_time": float(_scalar(item.get("movie_time", float("nan")))),
                 "label": int(_scalar(label)),
+                "censored": bool(_scalar(item.get("censored", False))),
                 "prob": np.asarray(_scalar(prob), dtype=float).ravel().tolist(),
             }
         )
@@ -125,18 +126,24 @@ class PredictionsCSVWriter(_RowCollector):
 
 class EventsTSVWriter(_RowCollector):
     """Write one BIDS-style ``*_events.tsv`` per run: onset, duration, predicted emotion and
-    the probability of each class, one row per volume."""
+    the probability of each class, one row per volume.
+
+    A volume censored as an outlier (a motion spike; stored as a zero frame) keeps its row,
+    with ``trial_type`` ``censored``, ``n/a`` probabilities and ``censored`` = 1.
+    """
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         names = self.class_names
-        header = ["onset", "duration", "trial_type", *(f"prob_{c}" for c in names), "movie_time"]
+        header = ["onset", "duration", "trial_type", *(f"prob_{c}" for c in names), "movie_time", "censored"]
         by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for r in rows:
             by_run.setdefault((r["subject"], r["run"]), []).append(r)
         for (subject, run), run_rows in by_run.items():
             lines = [
+                [f"{TR * r['volume']:g}", f"{TR:g}", "censored", *(["n/a"] * len(names)), f"{r['movie_time']:g}", 1]
+                if r.get("censored") else
                 [f"{TR * r['volume']:g}", f"{TR:g}", names[int(np.argmax(r["prob"]))],
-                 *(f"{p:.6f}" for p in r["prob"]), f"{r['movie_time']:g}"]
+                 *(f"{p:.6f}" for p in r["prob"]), f"{r['movie_time']:g}", 0]
                 for r in run_rows
             ]
             name = f"sub-{subject}_task-forrestgump_run-{run:02d}_desc-emotion_events.tsv"

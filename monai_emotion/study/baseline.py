@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from monai_emotion.experiment import make_splits
-from monai_emotion.study.features import FeatureStore, VolumeTable, select_subjects
-from monai_emotion.study.plan import ModelSpec, TestSet
+from monai_emotion.study.features import DataViews, FeatureStore, select_subjects
+from monai_emotion.study.plan import ModelSpec
 from monai_emotion.study.settings import BaselineSettings
 
-__all__ = ["make_decoder", "LinearBaseline", "PREDICTION_COLUMNS"]
+__all__ = ["make_decoder", "model_items", "prediction_table", "LinearBaseline", "PREDICTION_COLUMNS"]
 
 #: the columns of a predictions table (as the bundle's predictions.csv, plus probabilities)
 PREDICTION_COLUMNS = ("subject", "run", "volume", "movie_time", "true_label", "predicted_label")
@@ -49,25 +49,42 @@ def _split(items: Sequence[dict], subjects: Sequence[str], split: Mapping[str, A
         return make_splits(select_subjects(items, subjects), dict(split))
 
 
+def model_items(items: Sequence[dict], spec: ModelSpec) -> tuple[list[dict], dict[str, list[dict]]]:
+    """``spec``'s training items and the items of each of its test sets, by the bundle's ``make_splits``."""
+    parts = _split(items, spec.subjects, spec.split)
+    tests = {}
+    for test in spec.test_sets:
+        same = tuple(test.subjects) == tuple(spec.subjects) and test.split == spec.split
+        tests[test.name] = parts["test"] if same else _split(items, test.subjects, test.split)["test"]
+    return parts["train"], tests
+
+
+def prediction_table(items: Sequence[dict], classes: Sequence[str]) -> pd.DataFrame:
+    """The item columns of a predictions table (:data:`PREDICTION_COLUMNS` but ``predicted_label``)."""
+    return pd.DataFrame({
+        "subject": [i["subject"] for i in items],
+        "run": [int(i["run"]) for i in items],
+        "volume": [int(i["frame"]) for i in items],
+        "movie_time": [float(i["movie_time"]) for i in items],
+        "true_label": np.array(list(classes), dtype=object)[[int(i["label"]) for i in items]],
+    })
+
+
 class LinearBaseline:
     """Fit and score the linear decoder for any model spec and label permutation.
 
     Parameters
     ----------
-    table
-        Items at any lag/permutation.
-    store
-        The cached frames.
+    views
+        Items at any lag/permutation and the cached frames, per model grid.
     settings
         The study's ``baseline`` section.
     classes
         Class names, in label-index order.
     """
 
-    def __init__(self, table: VolumeTable, store: FeatureStore, settings: BaselineSettings,
-                 classes: Sequence[str]) -> None:
-        self.table = table
-        self.store = store
+    def __init__(self, views: DataViews, settings: BaselineSettings, classes: Sequence[str]) -> None:
+        self.views = views
         self.settings = settings
         self.classes = list(classes)
 
@@ -82,36 +99,22 @@ class LinearBaseline:
         """
         from threadpoolctl import threadpool_limits
 
-        items = self.table.items(spec.lag, spec.permutation)
-        parts = _split(items, spec.subjects, spec.split)
-        train = parts["train"]
+        items = self.views.table(spec.subjects).items(spec.lag, spec.permutation)
+        store = self.views.store(spec.subjects)
+        train, tests = model_items(items, spec)
         y = np.fromiter((i["label"] for i in train), dtype=np.int64, count=len(train))
-        decoder = make_decoder(self.settings, self.store.n_features)
+        decoder = make_decoder(self.settings, store.n_features)
         # BLAS threads fight for shared cores and make these small fits 10x slower
         with threadpool_limits(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            decoder.fit(self.store.matrix(train), y)
-            out = {}
-            for test in spec.test_sets:
-                tested = parts["test"] if self._same(spec, test) else _split(items, test.subjects, test.split)["test"]
-                out[test.name] = self._table(decoder, tested, with_probabilities)
-        return out
+            decoder.fit(store.matrix(train), y)
+            return {name: self._table(decoder, store, tested, with_probabilities) for name, tested in tests.items()}
 
-    @staticmethod
-    def _same(spec: ModelSpec, test: TestSet) -> bool:
-        return tuple(test.subjects) == tuple(spec.subjects) and test.split == spec.split
-
-    def _table(self, decoder: Any, items: list[dict], with_probabilities: bool) -> pd.DataFrame:
-        x = self.store.matrix(items)
+    def _table(self, decoder: Any, store: FeatureStore, items: list[dict], with_probabilities: bool) -> pd.DataFrame:
+        x = store.matrix(items)
         names = np.array(self.classes, dtype=object)
         known = decoder.classes_
-        frame = pd.DataFrame({
-            "subject": [i["subject"] for i in items],
-            "run": [int(i["run"]) for i in items],
-            "volume": [int(i["frame"]) for i in items],
-            "movie_time": [float(i["movie_time"]) for i in items],
-            "true_label": names[[int(i["label"]) for i in items]],
-        })
+        frame = prediction_table(items, self.classes)
         if with_probabilities:
             prob = np.zeros((len(items), len(self.classes)))
             prob[:, known] = decoder.predict_proba(x)

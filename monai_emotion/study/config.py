@@ -34,6 +34,7 @@ from monai_emotion.study.settings import (
     PermutationSettings,
     RuntimeSettings,
     SplitSettings,
+    StatisticsSettings,
     TrainingSettings,
     experiment_names,
     plain,
@@ -56,7 +57,7 @@ class Study:
     bundle
         Bundle root holding ``configs/train.json`` and ``configs/evaluate.json``.
     data, labels, subjects, preprocessing, network, training, runtime, splits, experiments, leaky,
-    baseline, permutations, figures, bundle_overrides
+    baseline, permutations, figures, bundle_overrides, statistics
         The sections of the study file (``network`` and ``bundle_overrides`` are open: keywords
         of the bundle's ``network_def`` and any other bundle override).
     """
@@ -78,6 +79,7 @@ class Study:
     permutations: PermutationSettings
     figures: FigureSettings
     bundle_overrides: Mapping[str, Any]
+    statistics: StatisticsSettings = StatisticsSettings()
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON (what ``study.json`` in the results folder holds)."""
@@ -132,6 +134,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "baseline": (_closed(BaselineSettings, "baseline"), {}),
     "permutations": (_closed(PermutationSettings, "permutations"), {}),
     "figures": (_closed(FigureSettings, "figures"), {}),
+    "statistics": (_closed(StatisticsSettings, "statistics"), {}),
     "bundle_overrides": (_open, {}),
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 from monai_emotion.fileio import json_digest
 from monai_emotion.study.bundle import CNNRunner, base_overrides, bundle_experiment, captured
 from monai_emotion.study.config import Study
-from monai_emotion.study.features import VolumeTable
+from monai_emotion.study.features import DataViews, VolumeTable
 from monai_emotion.study.plan import StudyPlan, plan_study
 
 __all__ = ["StudyContext", "prepare_context", "resolve_data"]
@@ -64,7 +64,10 @@ class StudyContext:
     plan
         Every model of the study.
     table
-        The baseline's items at any lag and permutation.
+        The baseline's items at any lag and permutation (group grid: every subject).
+    views
+        Items and frames per model grid (a single-subject model's own mask under
+        ``mask_strategy "auto"``).
     cnn
         Trains and tests the CNN models through the bundle.
     log
@@ -81,6 +84,7 @@ class StudyContext:
     classes: tuple[str, ...]
     plan: StudyPlan
     table: VolumeTable
+    views: DataViews
     cnn: CNNRunner
     log: Callable[[str], None] = print
 
@@ -113,10 +117,18 @@ def prepare_context(study: Study, root: Path, log: Callable[[str], None] = print
     with captured(root / "logs" / "prepare.log"):
         # the bundle's own data preparation (builds the cache once), every item in "train"
         experiment = bundle_experiment(study, {**base, "data#split": {"kind": "runs"}})
+        subjects = sorted({str(i["subject"]) for i in experiment["train"]})
+        single = any(e in study.experiments for e in ("within", "leaky"))
+        own_masks = {}
+        if single and study.preprocessing.mask_strategy == "auto" and len(subjects) > 1:
+            # single-subject models see their subject's own mask (the CNN gets it from the bundle)
+            own_masks = {s: bundle_experiment(study, {**base, "data#subjects": [s], "data#split": {"kind": "runs"}})
+                         for s in subjects}
     classes = tuple(experiment["classes"])
+    table = VolumeTable(experiment)
     return StudyContext(
         study=study, root=root, dataset_dir=dataset_dir, annotations_dir=annotations_dir,
         synthetic_root=synthetic_root, base=base, experiment=experiment, classes=classes,
-        plan=plan_study(experiment["train"], study, len(classes)), table=VolumeTable(experiment),
-        cnn=CNNRunner(study, root / "models" / "cnn", base), log=log,
+        plan=plan_study(experiment["train"], study, len(classes)), table=table,
+        views=DataViews(experiment, own_masks), cnn=CNNRunner(study, root / "models" / "cnn", base), log=log,
     )

@@ -7,6 +7,9 @@ the bundle's label rule and turns them into items with the bundle's own item bui
 (:func:`~monai_emotion.data.datalist.labelled_items`), so its items are the bundle's (a unit
 test holds them equal, permuted and not). :class:`FeatureStore` reads each cached run once
 (float16 memory maps, kept open) and gathers frames with one fancy index per run.
+:class:`DataViews` gives each model the table and frames of its own grid: the group grid for
+models over several subjects, the subject's own mask for a single-subject model under
+``mask_strategy "auto"`` (as the bundle gives the CNN).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monai_emotion.data.cache import censored_frames
 from monai_emotion.data.datalist import labelled_items
 from monai_emotion.data.labels import LabelRule, circular_shift_labels
 from monai_emotion.errors import DataError
 
-__all__ = ["CachedRun", "VolumeTable", "FeatureStore", "select_subjects"]
+__all__ = ["CachedRun", "VolumeTable", "FeatureStore", "DataViews", "select_subjects"]
 
 
 def select_subjects(items: Sequence[dict], subjects: Sequence[str]) -> list[dict]:
@@ -39,6 +43,7 @@ class CachedRun:
     run: int
     path: str
     n_volumes: int
+    censored: tuple[int, ...] = ()
 
 
 class VolumeTable:
@@ -61,8 +66,10 @@ class VolumeTable:
         paths: dict[tuple[str, int], str] = {}
         for item in experiment["train"]:
             paths.setdefault((str(item["subject"]), int(item["run"])), str(item["image"]))
-        self.runs = tuple(CachedRun(subject, run, path, int(np.load(path, mmap_mode="r").shape[0]))
+        self.runs = tuple(CachedRun(subject, run, path, int(np.load(path, mmap_mode="r").shape[0]),
+                                    censored_frames(path))
                           for (subject, run), path in paths.items())
+        self._censored = {r.path: set(r.censored) for r in self.runs if r.censored}
         self._labels: dict[float, pd.DataFrame] = {}
         self._items: dict[tuple[float, int | None], list[dict]] = {}
 
@@ -89,7 +96,10 @@ class VolumeTable:
             # keep only the current permutation (at every lag): each is used by every model once
             for stale in [k for k in self._items if k[1] is not None and k[1] != key[1]]:
                 del self._items[stale]
-        self._items[key] = labelled_items(self.runs, table)
+        items = labelled_items(self.runs, table)
+        if self._censored:  # outlier volumes: out of training and scoring, as in the bundle
+            items = [i for i in items if int(i["frame"]) not in self._censored.get(i["image"], ())]
+        self._items[key] = items
         return self._items[key]
 
 
@@ -146,3 +156,43 @@ class FeatureStore:
             block = self._maps[path][frames[where]]
             out[where] = block.reshape(block.shape[0], -1)[:, self.columns]
         return out
+
+
+class DataViews:
+    """The :class:`VolumeTable` and :class:`FeatureStore` of each model's grid, made once each.
+
+    Parameters
+    ----------
+    experiment
+        The bundle's ``experiment`` over every subject (the group grid).
+    subject_experiments
+        Subject -> the bundle's ``experiment`` of that subject alone, for single-subject
+        models on the subject's own mask; empty when single-subject models use the group grid.
+    """
+
+    def __init__(self, experiment: Mapping[str, Any],
+                 subject_experiments: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._experiments = {None: experiment, **dict(subject_experiments or {})}
+        self._tables: dict[str | None, VolumeTable] = {}
+        self._stores: dict[str | None, FeatureStore] = {}
+
+    def _key(self, subjects: Sequence[str]) -> str | None:
+        return str(subjects[0]) if len(subjects) == 1 and str(subjects[0]) in self._experiments else None
+
+    def grid(self, subjects: Sequence[str]) -> str:
+        """``"group"`` or ``"subject"``: the grid a model over ``subjects`` uses."""
+        return "group" if self._key(subjects) is None else "subject"
+
+    def table(self, subjects: Sequence[str]) -> VolumeTable:
+        """The items of a model over ``subjects``."""
+        key = self._key(subjects)
+        if key not in self._tables:
+            self._tables[key] = VolumeTable(self._experiments[key])
+        return self._tables[key]
+
+    def store(self, subjects: Sequence[str]) -> FeatureStore:
+        """The frames of a model over ``subjects``."""
+        key = self._key(subjects)
+        if key not in self._stores:
+            self._stores[key] = FeatureStore(self.table(subjects).paths)
+        return self._stores[key]

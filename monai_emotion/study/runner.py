@@ -22,7 +22,6 @@ from monai_emotion.fileio import atomic_write_json, json_digest, read_json
 from monai_emotion.study.baseline import LinearBaseline
 from monai_emotion.study.config import load_study
 from monai_emotion.study.context import StudyContext, prepare_context, resolve_data
-from monai_emotion.study.features import FeatureStore
 from monai_emotion.study.outputs import build_outputs
 from monai_emotion.study.permutation import (
     LinearPermutations,
@@ -87,8 +86,7 @@ class _Linear:
 
     def baseline(self) -> LinearBaseline:
         if self._baseline is None:
-            store = FeatureStore(self.ctx.table.paths)
-            self._baseline = LinearBaseline(self.ctx.table, store, self.ctx.study.baseline, self.ctx.classes)
+            self._baseline = LinearBaseline(self.ctx.views, self.ctx.study.baseline, self.ctx.classes)
         return self._baseline
 
     def seeds(self) -> list[int]:

@@ -19,8 +19,8 @@ from typing import Any
 from monai_emotion.errors import ConfigError
 
 __all__ = ["EXPERIMENTS", "BaselineSettings", "DataSettings", "FigureSettings", "LeakySettings",
-           "PermutationSettings", "RuntimeSettings", "SplitSettings", "TrainingSettings", "experiment_names",
-           "plain", "text"]
+           "PermutationSettings", "RuntimeSettings", "SplitSettings", "StatisticsSettings", "TrainingSettings",
+           "experiment_names", "plain", "text"]
 
 #: the experiments a study can run, in report order
 EXPERIMENTS: tuple[str, ...] = ("within", "cross", "unseen", "leaky")
@@ -162,20 +162,36 @@ class SplitSettings(_Section):
     run_folds: int = 4
     #: which of those folds get within/cross models (None: all, i.e. full cross-validation)
     folds: tuple[int, ...] | None = None
-    #: the run fold whose runs are held out in the unseen-subject models
-    unseen_run_fold: int = 0
+    #: the run fold(s) held out in the unseen-subject models: "rotate" (subject fold j holds out
+    #: run fold j mod n, so unseen_heldout covers every run at no extra cost), "all" (every
+    #: subject fold x every run fold) or one fold index (one run fold for every subject fold)
+    unseen_run_fold: int | str = "rotate"
     #: "seed" (the seed's 4 folds by position) or "loso"
     subject_folds: str = "seed"
-    #: seconds of movie time dropped from training around held-out runs (beyond their overlap)
-    gap: float = 0.0
+    #: seconds of movie time dropped from training around held-out runs, in stimulus windows
+    #: that include the label time (data.splits); None: lag + 16 s (data.splits.default_gap)
+    gap: float | None = None
+    #: runs used for checkpoint selection (fewer when fewer than this + 2 runs remain for training)
+    validation_runs: int = 2
 
     def __post_init__(self) -> None:
         self._set("run_folds", _integer("run_folds", self.run_folds, 2))
         if self.folds is not None:
             self._set("folds", tuple(_integer("folds", k, 0) for k in self.folds))
-        self._set("unseen_run_fold", _integer("unseen_run_fold", self.unseen_run_fold, 0))
+        if isinstance(self.unseen_run_fold, str):
+            self._set("unseen_run_fold", _choice("unseen_run_fold", self.unseen_run_fold, ("rotate", "all")))
+        else:
+            self._set("unseen_run_fold", _integer("unseen_run_fold", self.unseen_run_fold, 0))
         self._set("subject_folds", _choice("subject_folds", self.subject_folds, ("seed", "loso")))
-        self._set("gap", _number("gap", self.gap, minimum=0.0))
+        if self.gap is not None:
+            self._set("gap", _number("gap", self.gap, minimum=0.0))
+        self._set("validation_runs", _integer("validation_runs", self.validation_runs, 1))
+
+    def gap_for(self, lag: float) -> float:
+        """The gap in seconds for labels read ``lag`` s back (the setting, or its default)."""
+        from monai_emotion.data.splits import default_gap
+
+        return float(self.gap) if self.gap is not None else default_gap(lag)
 
 
 @dataclass(frozen=True)
@@ -235,6 +251,32 @@ class PermutationSettings(_Section):
     def count(self, decoder: str) -> int:
         """How many permutations ``decoder`` (``"linear"`` or ``"cnn"``) gets."""
         return {"linear": self.linear, "cnn": self.cnn}[decoder]
+
+
+@dataclass(frozen=True)
+class StatisticsSettings(_Section):
+    """``statistics``: the chance tests, their correction and the block-bootstrap intervals
+    (monai_emotion/study/chance.py, intervals.py)."""
+
+    #: level of the one-sided tests against chance
+    alpha: float = 0.05
+    #: correction across each table of tests: "fdr" (Benjamini-Hochberg) or "holm"
+    correction: str = "fdr"
+    #: Monte Carlo draws of the group null when the exact enumeration would be larger
+    group_draws: int = 10000
+    #: bootstrap resamples of the block bootstrap
+    bootstrap: int = 1000
+    #: volumes of gap (censored or unlabelled) still inside one block of a bootstrap episode
+    block_gap: int = 2
+
+    def __post_init__(self) -> None:
+        self._set("alpha", _number("alpha", self.alpha, positive=True))
+        if self.alpha >= 0.5:
+            raise ConfigError(f"alpha must be below 0.5, got {self.alpha}", fix="e.g. 0.05")
+        self._set("correction", _choice("correction", self.correction, ("fdr", "holm")))
+        self._set("group_draws", _integer("group_draws", self.group_draws, 100))
+        self._set("bootstrap", _integer("bootstrap", self.bootstrap, 0))
+        self._set("block_gap", _integer("block_gap", self.block_gap, 0))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 import monai_emotion
 from monai_emotion import fileio
-from monai_emotion.data.cache import clean, store, stream
+from monai_emotion.data.cache import clean, outliers, store, stream
 from monai_emotion.data.cache.masks import MaskPlan, MaskStore, check_same_grid, stat_key
 from monai_emotion.data.cache.spec import downsample_factors
 from monai_emotion.data.cache.store import run_stem
@@ -36,9 +36,13 @@ class RunBuilder:
         self.progress = progress
         self.masks = MaskStore(out / "masks", params, progress)
 
+    def needs_motion(self) -> bool:
+        """Whether runs need their motion file: motion regressors, or framewise displacement."""
+        return self.params["confounds"] == "motion" or self.params.get("fd_threshold") is not None
+
     def fingerprint(self, info: RunInfo, plan: MaskPlan, coverage: MaskPlan | None = None) -> dict[str, Any]:
         confound_file = None
-        if self.params["confounds"] == "motion":
+        if self.needs_motion():
             confound_file = clean.find_motion_file(
                 info.path, str(self.bids_root), info.subject, info.run
             )
@@ -103,16 +107,17 @@ class RunBuilder:
                 fix="all runs cached together must share one voxel grid",
             )
         n_t = reader.n_volumes
-        confounds, confound_note = None, None
-        if p["confounds"] == "motion":
+        motion, confound_note = None, None
+        if self.needs_motion():
             cfile = fingerprint["confounds_file"] and fingerprint["confounds_file"]["realpath"]
             if cfile:
-                confounds = clean.load_confounds(cfile, n_t, info.path)
-            else:
+                motion = clean.load_confounds(cfile, n_t, info.path)
+            elif p["confounds"] == "motion":
                 confound_note = (
                     f"sub-{info.subject} run {info.run}: no motion file found, motion not regressed"
                 )
                 notes.append(confound_note)
+        confounds = motion if p["confounds"] == "motion" else None
 
         flat_mask = np.flatnonzero(grid.mask.ravel())
         direct = grid.factor == (1, 1, 1) and min(grid.lo) >= 0
@@ -148,6 +153,27 @@ class RunBuilder:
                 rows[:] = grid.extract(vols).reshape(n, -1)[:, flat_mask]
             bar.update(n)
         bar.set_postfix_str("cleaning")
+        keep, censoring = None, None
+        if p.get("outliers") == "censor":
+            columns = None if covered is None else np.flatnonzero(covered.ravel()[flat_mask])
+            found = outliers.find_outliers(data, motion if motion is not None and motion.shape[1] == 6 else None,
+                                           dvars_threshold=p["dvars_threshold"], fd_threshold=p["fd_threshold"],
+                                           columns=columns)
+            censoring = found.record()
+            if len(found.volumes) > outliers.MAX_CENSORED_FRACTION * n_t:
+                raise ImageError(
+                    f"{len(found.volumes)} of {n_t} volumes are outliers (relative DVARS > {p['dvars_threshold']} "
+                    f"or framewise displacement > {p['fd_threshold']} mm): the run cannot be cleaned",
+                    info.path,
+                    fix="check the motion file's units (mm and radians) and the run; raise "
+                    "data#preprocessing#dvars_threshold / fd_threshold, or set outliers to 'none'",
+                )
+            if found.volumes:
+                keep = np.ones(n_t, dtype=bool)
+                keep[list(found.volumes)] = False
+                data[~keep] = 0.0  # out of the regression and the z-scores; stored as zero frames
+                notes.append(f"sub-{info.subject} run {info.run}: {len(found.volumes)} outlier volume(s) "
+                             f"censored {list(found.volumes)}")
         basis = clean.design_basis(
             n_t,
             info.tr,
@@ -155,8 +181,10 @@ class RunBuilder:
             standardize=p["standardize"],
             high_pass=p["high_pass"],
             confounds=confounds,
+            sample_mask=keep,
         )
-        n_zero, peak = clean.clean_inplace(data, basis, standardize=p["standardize"])
+        n_zero, peak = clean.clean_inplace(data, basis, standardize=p["standardize"],
+                                           n_samples=None if keep is None else int(keep.sum()))
         if covered is not None:
             data[:, ~covered.ravel()[flat_mask]] = 0.0
         if peak > float(np.finfo(np.float16).max):
@@ -217,6 +245,7 @@ class RunBuilder:
                 "columns": 0 if confounds is None else int(confounds.shape[1]),
             },
             "coverage": coverage_info,
+            "censoring": censoring,
             "cleaning": {
                 "regressors": int(basis.shape[1]),
                 "zero_variance_voxels": n_zero,

@@ -204,12 +204,16 @@ def design_basis(
     standardize: bool,
     high_pass: float | None,
     confounds: np.ndarray | None,
+    sample_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Orthonormal basis (n, k) of everything regressed out of each voxel's time series.
 
     The constant is included whenever any cleaning is asked for (z-scores need a zero mean).
     High-pass uses the discrete cosine set with periods longer than ``1 / high_pass`` s
-    (the convention of SPM and nilearn's ``cosine`` drift model).
+    (the convention of SPM and nilearn's ``cosine`` drift model). With ``sample_mask``
+    (boolean, ``False`` = censored) the regressors are zero at censored volumes, so the basis
+    is orthonormal over the kept volumes and the fit never sees a censored one (as nilearn's
+    ``signal.clean(sample_mask=...)``; the drifts keep the run's real time axis).
     """
     cols = []
     t = np.arange(n, dtype=float)
@@ -229,24 +233,31 @@ def design_basis(
     if not cols:
         return np.zeros((n, 0))
     design = np.column_stack(cols)
+    if sample_mask is not None:
+        design[~np.asarray(sample_mask, dtype=bool)] = 0.0
     u, s, _ = np.linalg.svd(design, full_matrices=False)
     keep = s > s.max() * max(design.shape) * np.finfo(float).eps  # drops collinear regressors
     return u[:, keep]
 
 
 def clean_inplace(
-    data: np.ndarray, basis: np.ndarray, *, standardize: bool, block: int = 16384
+    data: np.ndarray, basis: np.ndarray, *, standardize: bool, block: int = 16384,
+    n_samples: int | None = None,
 ) -> tuple[int, float]:
     """Regress ``basis`` out of every column of ``data`` (T, V) and z-score, in place.
+
+    ``n_samples``: the number of volumes the variance is over (default ``T``); with censored
+    volumes, those are zero rows of ``data`` and of ``basis`` and stay zero.
 
     Returns the number of zero-variance voxels (set to 0) and the largest absolute value.
     Float32 throughout, on column blocks with reused buffers: a constant voxel's float32
     residual is rounding noise some 1e-14 of its mean square, far below the
     :data:`ZERO_VARIANCE_RTOL` cut, while any real BOLD fluctuation lies far above it.
     """
-    n_t, n_cols = data.shape
+    n_cols = data.shape[1]
+    n_t = int(n_samples) if n_samples is not None else data.shape[0]
     basis32 = np.ascontiguousarray(basis, dtype=np.float32)
-    fit = np.empty((n_t, min(block, max(n_cols, 1))), dtype=np.float32)
+    fit = np.empty((data.shape[0], min(block, max(n_cols, 1))), dtype=np.float32)
     n_zero, peak = 0, 0.0
     for a in range(0, n_cols, block):
         blk = data[:, a : a + block]

@@ -61,6 +61,7 @@ __all__ = [
     "CacheSummary",
     "CacheIndex",
     "attach_cache",
+    "censored_frames",
     "prepare_cache",
 ]
 
@@ -79,6 +80,8 @@ class CachedRun:
     source: str
     shape: tuple[int, int, int, int]
     affine: tuple[tuple[float, ...], ...]
+    #: outlier volumes censored when the run was cleaned (zero frames; no item uses them)
+    censored: tuple[int, ...] = ()
 
     @property
     def n_volumes(self) -> int:
@@ -102,6 +105,7 @@ class CachedRun:
             source=str(meta["source"]["path"]),
             shape=tuple(int(s) for s in meta["shape"]),
             affine=tuple(tuple(float(v) for v in row) for row in meta["affine"]),
+            censored=tuple(int(v) for v in (meta.get("censoring") or {}).get("volumes", [])),
         )
 
 
@@ -118,6 +122,8 @@ class CacheSummary:
     reused: list[str] = field(default_factory=list)
     waited: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: censored outlier volumes per run (``sub-01_run-02``: count), runs with none left out
+    censored: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
@@ -127,6 +133,8 @@ class CacheSummary:
             + (f", {len(self.waited)} built by other ranks" if self.waited else "")
             + ")"
         ]
+        if self.censored:
+            lines.append(f"  {sum(self.censored.values())} outlier volume(s) censored in {len(self.censored)} run(s)")
         lines += [f"  ! {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -235,6 +243,14 @@ class CacheIndex(Mapping):
         return cls(root, found)
 
 
+def censored_frames(npy_path: str | os.PathLike) -> tuple[int, ...]:
+    """The censored outlier volumes of the cached run stored at ``npy_path`` (from its sidecar)."""
+    meta = fileio.read_json(Path(npy_path).with_suffix(".json"))
+    if meta is None:
+        raise CacheError("a cached run has no readable sidecar", npy_path, fix="rerun prepare_cache")
+    return tuple(int(v) for v in (meta.get("censoring") or {}).get("volumes", []))
+
+
 def _check_npy(entry: CachedRun, meta: dict[str, Any]) -> None:
     path = Path(entry.path)
     if not path.is_file() or path.stat().st_size != int(meta["nbytes"]):
@@ -252,11 +268,14 @@ def attach_cache(
     key: str = "image",
     frame_key: str = "frame",
     source_key: str = "source_image",
+    drop_censored: bool = True,
 ) -> list[dict[str, Any]]:
     """Point datalist items at their cached run.
 
     Each item's ``key`` (a source 4D NIfTI path) becomes the cached ``.npy`` path and the
     original path moves to ``source_key``. Items already pointing into the cache pass through.
+    Items on a censored outlier volume (:attr:`CachedRun.censored`) are left out unless
+    ``drop_censored`` is false: a model neither trains nor is scored on them.
 
     Raises
     ------
@@ -285,6 +304,8 @@ def attach_cache(
                 fix="build the datalist from the run's real length (discover_runs reports short runs), "
                 "or rebuild the cache from the complete file",
             )
+        if drop_censored and frame in entry.censored:
+            continue
         if os.path.abspath(os.fspath(item[key])) != os.path.abspath(entry.path):
             new[source_key] = os.fspath(item[key])
         new[key] = entry.path
@@ -345,11 +366,12 @@ def prepare_cache(
     rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"shard={shard!r} must be (rank, world_size) with 0 <= rank < world_size")
-    mask, mask_strategy = spec.mask, spec.mask_strategy
 
     subject_list = [normalize_subject(s) for s in subjects] if subjects is not None else None
     lengths = {"expected_volumes": expected_volumes} if expected_volumes is not None else {}
     discovery = discover_runs(bids_root, space, subject_list, **lengths)
+    spec = spec.resolved(len(discovery.subjects))  # "auto": the subject's own mask for one subject
+    mask, mask_strategy = spec.mask, spec.mask_strategy
     discovery_all = discovery
     if mask is None and mask_strategy == "group" and subject_list is not None:
         # the group grid must not depend on the selection
@@ -400,6 +422,7 @@ def prepare_cache(
         _check_npy(entry, meta)
         entries.append(entry)
     summary.runs = len(entries)
+    summary.censored = {run_stem(e.subject, e.run): len(e.censored) for e in entries if e.censored}
     summary.volumes = sum(e.n_volumes for e in entries)
     summary.bytes_on_disk = sum(os.path.getsize(e.path) for e in entries)
     summary.seconds = round(time.perf_counter() - started, 3)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_emotion.data.cache.outliers import DVARS_THRESHOLD, FD_THRESHOLD, OUTLIER_METHODS
 from monai_emotion.errors import ConfigError
 from monai_emotion.fileio import json_digest
 
@@ -24,8 +25,10 @@ __all__ = ["PreprocessingSpec", "downsample_factors", "MASK_STRATEGIES"]
 
 #: "group": one grid for every subject (the mask combined across subjects), so cross-subject
 #: models can batch subjects together and a new subject can be put on the training voxels;
-#: "subject": each subject its own mask and crop (single-subject models only)
-MASK_STRATEGIES = ("group", "subject")
+#: "subject": each subject its own mask and crop (single-subject models only); "auto": the
+#: subject's own mask for a model of one subject (it sees every voxel its subject covers),
+#: the group mask for a model of several (see :meth:`PreprocessingSpec.resolved`)
+MASK_STRATEGIES = ("auto", "group", "subject")
 
 
 def downsample_factors(
@@ -60,7 +63,7 @@ class PreprocessingSpec:
     mask
         A mask NIfTI on the runs' grid; overrides ``mask_strategy``.
     mask_strategy
-        One of :data:`MASK_STRATEGIES`.
+        One of :data:`MASK_STRATEGIES`; ``"auto"`` is resolved per model by :meth:`resolved`.
     group_threshold
         Fraction of subject masks a voxel needs to enter the group mask (1.0: intersection).
     mask_volumes
@@ -74,6 +77,12 @@ class PreprocessingSpec:
         below ``high_pass`` Hz, and ``confounds="motion"`` (the run's motion parameters).
     nonfinite
         ``"error"`` (NaN/Inf raise, naming file and volume) or ``"zero"``.
+    outliers, dvars_threshold, fd_threshold
+        ``"censor"`` (default): volumes whose relative DVARS or framewise displacement (mm,
+        from the run's motion file when it has one) exceed the thresholds are left out of
+        the cleaning (stored as zeros), of training and of scoring; ``"none"`` keeps them.
+        A threshold of ``None`` turns that measure off (rule and values:
+        :mod:`monai_emotion.data.cache.outliers`).
     min_coverage
         Under a group or user mask, the fraction of the mask's voxels a run's own brain mask
         must cover (below: a clear error naming the run). Uncovered voxels are zero-filled.
@@ -84,7 +93,7 @@ class PreprocessingSpec:
     downsample: int | tuple[int, int, int] = 2
     target_voxel_mm: float | None = None
     mask: str | None = None
-    mask_strategy: str = "group"
+    mask_strategy: str = "auto"
     group_threshold: float = 0.5
     mask_volumes: int | None = 20
     mask_options: Mapping[str, Any] = field(default_factory=dict)
@@ -94,6 +103,9 @@ class PreprocessingSpec:
     high_pass: float | None = None
     confounds: str | None = None
     nonfinite: str = "error"
+    outliers: str = "censor"
+    dvars_threshold: float | None = DVARS_THRESHOLD
+    fd_threshold: float | None = FD_THRESHOLD
     min_coverage: float = 0.8
 
     def __post_init__(self) -> None:
@@ -114,6 +126,13 @@ class PreprocessingSpec:
             raise ConfigError(f"margin={self.margin} must be >= 0", where="preprocessing")
         if self.nonfinite not in ("error", "zero"):
             raise ConfigError(f"nonfinite={self.nonfinite!r} must be 'error' or 'zero'", where="preprocessing")
+        if self.outliers not in OUTLIER_METHODS:
+            raise ConfigError(f"outliers={self.outliers!r} must be one of {list(OUTLIER_METHODS)}",
+                              where="preprocessing")
+        for name in ("dvars_threshold", "fd_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name}={value!r} must be a number > 0 or null", where="preprocessing")
         if not 0.0 <= float(self.min_coverage) <= 1.0:
             raise ConfigError(f"min_coverage={self.min_coverage} must lie in [0, 1]", where="preprocessing")
         if self.mask_volumes is not None and int(self.mask_volumes) < 1:
@@ -135,6 +154,17 @@ class PreprocessingSpec:
     def replace(self, **changes: Any) -> PreprocessingSpec:
         return dataclasses.replace(self, **changes)
 
+    def resolved(self, n_subjects: int) -> PreprocessingSpec:
+        """The spec for a model over ``n_subjects`` subjects: ``"auto"`` becomes ``"subject"`` or ``"group"``."""
+        if self.mask_strategy != "auto":
+            return self
+        return self.replace(mask_strategy="subject" if n_subjects == 1 else "group")
+
+    @property
+    def censoring(self) -> bool:
+        """Whether outlier volumes are censored (the method is on and a threshold is set)."""
+        return self.outliers == "censor" and (self.dvars_threshold is not None or self.fd_threshold is not None)
+
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (the inverse of :meth:`from_dict`)."""
         out = dataclasses.asdict(self)
@@ -148,6 +178,9 @@ class PreprocessingSpec:
 
     def cache_params(self, space: str) -> dict[str, Any]:
         """The parameters a cached run's fingerprint holds (what changes the cached bytes)."""
+        if self.mask is None and self.mask_strategy == "auto":
+            raise ConfigError("mask_strategy 'auto' must be resolved for a model before caching",
+                              where="preprocessing", fix="call spec.resolved(n_subjects) first")
         group = self.mask is None and self.mask_strategy == "group"
         return {
             "space": space,
@@ -163,6 +196,9 @@ class PreprocessingSpec:
             "mask_volumes": self.mask_volumes,
             "mask_options": dict(self.mask_options),
             "nonfinite": self.nonfinite,
+            "outliers": self.outliers if self.censoring else "none",
+            "dvars_threshold": self.dvars_threshold if self.censoring else None,
+            "fd_threshold": self.fd_threshold if self.censoring else None,
             "min_coverage": float(self.min_coverage),
             "dtype": "float16",
         }
