@@ -9,7 +9,10 @@ import pytest
 from monai_emotion.data.datalist import load_datalist, make_datalist, save_datalist
 from monai_emotion.data.labels import derive_labels
 from monai_emotion.data.splits import (
+    HRF_SECONDS,
     LeakySplitWarning,
+    _movie_intervals,
+    default_gap,
     leaky_random_split,
     run_folds,
     split_by_runs,
@@ -61,6 +64,30 @@ def test_split_by_runs_never_shares_a_movie_moment(items):
     assert dropped, "runs 2 and 4 overlap run 3 by 16 s: those volumes must leave training"
     gap_train, _ = split_by_runs(items["items"], test_runs=[3], gap=60)
     assert len(gap_train) < len(train)
+
+
+def _near(train, test, seconds):
+    """Training items whose acquisition window lies within ``seconds`` of a test acquisition window."""
+    spans = _movie_intervals([{"movie_time": i["movie_time"]} for i in test])
+    return [i for i in train if any(i["movie_time"] < b + seconds and a - seconds < i["movie_time"] + 2
+                                    for a, b in spans)]
+
+
+def test_default_gap_keeps_bold_responses_off_the_test_moments(items):
+    """Real AV labels, lag 4: gap 0 left 8-16 training volumes within 16 s of a test fold; 20 s leaves none."""
+    assert default_gap(4.0) == 4.0 + HRF_SECONDS == 20.0
+    one = [i for i in items["items"] if i["subject"] == "01"]
+    near_before = []
+    for fold in run_folds(one, 4):
+        acquisition_only = [{**i, "label_time": i["movie_time"]} for i in one]  # the rule before: no label time
+        train, test = split_by_runs(acquisition_only, fold, 0.0)
+        near_before.append(len(_near(train, test, HRF_SECONDS)))
+        train, test = split_by_runs(one, fold, default_gap(4.0))
+        assert not _near(train, test, HRF_SECONDS + 4.0), fold
+        # the label time counts too: no kept label reads a second inside a held-out window + gap
+        for a, b in _movie_intervals(test):
+            assert not [i for i in train if a - 20.0 < i["label_time"] < b + 20.0]
+    assert sorted(near_before) == [0, 8, 11, 17]  # measured (outside-run labels dropped)
 
 
 def test_split_by_subjects_with_and_without_held_runs(items):

@@ -52,9 +52,9 @@ thresholds = st.sampled_from([0.2, 1 / 3, 0.5, 2 / 3, 1.0])
 lags = quarter_seconds(0.0, 6.0)
 
 
-def label(observers: list[list[Episode]], *, threshold: float = 0.5, lag: float = 4.0):
+def label(observers: list[list[Episode]], *, threshold: float = 0.5, lag: float = 4.0, outside_run: str = "none"):
     return label_volumes(observers, threshold=threshold, lag=lag, segment_starts=STARTS,
-                         volumes_per_run=VOLUMES)
+                         volumes_per_run=VOLUMES, outside_run=outside_run)
 
 
 def shifted(observers: list[list[Episode]], seconds: float) -> list[list[Episode]]:
@@ -82,7 +82,12 @@ def test_a_label_only_where_enough_observers_agree(observers, threshold, lag):
         votes = brute_force_votes(observers, row.label_time)
         assert [getattr(row, f"votes_{c}") for c in CLASSES] == [votes[c] for c in CLASSES]
         qualifying = {c: v for c, v in votes.items() if v >= needed - 1e-9}
-        if row.label in CLASSES:
+        run_start = STARTS[row.run - 1]
+        outside = not run_start <= row.label_time < run_start + 2 * VOLUMES[row.run - 1]
+        assert row.outside_run == outside
+        if outside:
+            assert row.label == NONE  # read from a moment heard outside this run
+        elif row.label in CLASSES:
             assert votes[row.label] >= needed - 1e-9
             assert all(v < votes[row.label] for c, v in qualifying.items() if c != row.label)
         elif row.label == TIE:
@@ -107,8 +112,9 @@ def test_every_volume_gets_exactly_one_label(observers, threshold, lag):
 @SETTINGS
 @given(observer_sets, thresholds, lags, st.sampled_from([-4.0, -2.0, 2.0, 6.0]))
 def test_shifting_episodes_equals_changing_the_lag(observers, threshold, lag, seconds):
-    moved = label(shifted(observers, seconds), threshold=threshold, lag=lag)
-    relagged = label(observers, threshold=threshold, lag=lag + seconds)
+    # without the run-edge rule (which moves with the lag, not with the episodes)
+    moved = label(shifted(observers, seconds), threshold=threshold, lag=lag, outside_run="keep")
+    relagged = label(observers, threshold=threshold, lag=lag + seconds, outside_run="keep")
     assert moved["label"].tolist() == relagged["label"].tolist()
     votes = [f"votes_{c}" for c in CLASSES]
     assert (moved[votes].to_numpy() == relagged[votes].to_numpy()).all()

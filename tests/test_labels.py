@@ -92,7 +92,26 @@ def test_write_and_read_tables(tmp_path, av4):
     back = read_label_tables(tmp_path)
     assert (back["label"].to_numpy() == av4["label"].to_numpy()).all()
     table = class_by_run_table(av4)
-    assert table["total"].sum() == 3599
+    assert table.drop(index="NONE_OUTSIDE_RUN")["total"].sum() == 3599
+    assert table.loc["NONE_OUTSIDE_RUN"].drop("total").eq(2).all()  # 2 volumes per run at lag 4
+
+
+@pytest.mark.parametrize("lag, lost", [(4.0, 8), (6.0, 12)])
+def test_labels_outside_their_run_become_none(real_annotations, lag, lost):
+    """At lag 4 s the first two volumes of a run read movie seconds heard in the previous run."""
+    new = derive_labels(real_annotations, "av", lag=lag)
+    old = derive_labels(real_annotations, "av", lag=lag, outside_run="keep")
+    labelled = ~old["label"].isin(["NONE", "TIE"])
+    changed = new["label"] != old["label"]
+    assert int(changed.sum()) == int((labelled & changed).sum()) == lost  # measured on the real AV files
+    assert new.loc[changed, "label"].eq("NONE").all() and new.loc[changed, "outside_run"].all()
+    starts = new.groupby("run")["movie_time"].transform("min")
+    assert (new.loc[new["outside_run"], "label_time"] < starts[new["outside_run"]]).all()
+    assert (new["outside_run"] == (new["volume"] < int(np.ceil((lag - 1) / 2)))).all()
+    assert int(labelled.sum()) - lost == int((~new["label"].isin(["NONE", "TIE"])).sum())
+    assert "NONE_OUTSIDE_RUN" not in class_by_run_table(old).index
+    with pytest.raises(ConfigError, match="outside_run"):
+        derive_labels(real_annotations, "av", outside_run="drop")
 
 
 def _ep(start, end, *tokens):

@@ -232,9 +232,9 @@ def label_volumes(
     Returns
     -------
     pandas.DataFrame
-        One row per volume: ``run, volume, movie_time, label_time, outside_run`` (the label time
-        lies outside the run's segment), ``label, label_index`` (-1 for NONE/TIE),
-        ``votes_<CLASS>`` per class, ``n_observers``, ``soft_<CLASS>``.
+        One row per volume: ``run, volume, movie_time, label_time, label, label_index`` (-1 for
+        NONE/TIE), ``votes_<CLASS>`` per class, ``n_observers``, ``soft_<CLASS>``, ``outside_run``
+        (the label time lies outside the run's segment).
     """
     emap = emotion_map or load_emotion_map()
     episode_lists = list(observers.values()) if isinstance(observers, Mapping) else list(observers)
@@ -258,9 +258,9 @@ def label_volumes(
         votes = _votes(episode_lists, label_time, emap)
         outside = (label_time < movie[0]) | (label_time >= movie[0] + TR * movie.size) if movie.size else \
             np.zeros(0, dtype=bool)
-        if outside_run == "none":
-            votes[:, outside] = 0
         qualifies = votes >= needed
+        if outside_run == "none":
+            qualifies &= ~outside  # the votes stay on record; the volume gets no class
         top = np.where(qualifies, votes, -1).max(axis=0)
         n_top = ((votes == top) & qualifies).sum(axis=0)
         winner = np.argmax(np.where(qualifies, votes, -1), axis=0)
@@ -272,7 +272,6 @@ def label_volumes(
                 "volume": np.arange(movie.size),
                 "movie_time": movie,
                 "label_time": label_time,
-                OUTSIDE_COLUMN: outside,
                 "label": label,
                 "label_index": np.where(n_top == 1, winner, -1),
             }
@@ -282,6 +281,7 @@ def label_volumes(
         frame["n_observers"] = n_obs
         for k, c in enumerate(emap.classes):
             frame[f"soft_{c}"] = votes[k] / n_obs
+        frame[OUTSIDE_COLUMN] = outside
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table.attrs.update(threshold=threshold, lag=lag, classes=list(emap.classes),
