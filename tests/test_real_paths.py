@@ -105,6 +105,10 @@ def test_inference_on_a_new_subject_folder_equals_inference_inside_the_training_
         pd.testing.assert_frame_equal(new[name], tree[name])
     lengths = [len(frame) for frame in new.values()]
     assert lengths[-1] < lengths[0]  # sub-04's run 8 is the short one
+    # the world's motion spikes are censored, and still get a row marked as such
+    censored = pd.concat(new.values())
+    censored = censored[censored["censored"] == 1]
+    assert len(censored) >= 8 and set(censored["trial_type"]) == {"censored"}
     coverage = json.loads((out_new / "coverage.json").read_text())["runs"]
     assert len(coverage) == 8 and all(0.8 <= v <= 1.0 for v in coverage.values())
 
