@@ -21,10 +21,21 @@ import pandas as pd
 
 from monai_emotion.study.scoring import MEAN, POOLED, report_of
 
-__all__ = ["new_figure", "save", "heatmap", "fig_within_heatmap", "fig_pie", "fig_seen_unseen", "fig_curves",
+__all__ = ["decoder_label", "decoders_in", "new_figure", "save", "heatmap", "fig_within_heatmap", "fig_pie", "fig_seen_unseen", "fig_curves",
            "fig_leaky_vs_clean"]
 
-DECODER_NAMES = {"cnn": "3D CNN", "linear": "linear baseline"}
+DECODER_NAMES = {"cnn": "3D CNN", "linear": "linear baseline", "nilearn": "nilearn Decoder"}
+
+
+def decoder_label(decoder: str) -> str:
+    """A decoder's display name (its own name when it has none)."""
+    return DECODER_NAMES.get(decoder, decoder)
+
+
+def decoders_in(frame: pd.DataFrame) -> list[str]:
+    """The decoders of a results or predictions table: ``cnn`` first, then the others by name."""
+    found = sorted(str(d) for d in frame["decoder"].unique()) if "decoder" in frame else []
+    return sorted(found, key=lambda d: (d != "cnn", d))
 
 
 def new_figure(width: float, height: float) -> Any:
@@ -79,7 +90,7 @@ def _balanced(units: pd.DataFrame, subject: str) -> float:
 def _decoder_panels(results: pd.DataFrame, experiment: str, test_set: str,
                     width: float) -> tuple[Any, list[tuple[Any, str]]] | None:
     """A figure with one panel (``width`` inches) per decoder that has unit rows for the test set."""
-    decoders = [d for d in DECODER_NAMES if len(_units(results, d, experiment, test_set))]
+    decoders = [d for d in decoders_in(results) if len(_units(results, d, experiment, test_set))]
     if not decoders:
         return None
     fig = new_figure(width * len(decoders) + 1, 4.2)
@@ -106,13 +117,13 @@ def fig_within_heatmap(results: pd.DataFrame, classes: Sequence[str], path: Path
         bal = [_balanced(within, s) for s in subjects] + ([_balanced(cross, POOLED)] if len(cross) else [])
         values = np.vstack([values, bal])
         heatmap(ax, values, [*classes, "balanced acc."], labels,
-                f"{DECODER_NAMES[decoder]}: recall on held-out runs\n(chance 1/{len(classes)}; ALL = cross-subject model)")
+                f"{decoder_label(decoder)}: recall on held-out runs\n(chance 1/{len(classes)}; ALL = cross-subject model)")
     return save(fig, path)
 
 
 def fig_pie(predictions: pd.DataFrame, subject: str, emotion: str, path: Path) -> tuple[Path, dict] | None:
     """Figure 2: what one subject's held-out ``emotion`` volumes were predicted as (within-subject)."""
-    for decoder in DECODER_NAMES:
+    for decoder in decoders_in(predictions):
         rows = predictions[(predictions["decoder"] == decoder) & (predictions["experiment"] == "within")
                            & (predictions["subject"] == subject) & (predictions["true_label"] == emotion)]
         if len(rows):
@@ -126,7 +137,7 @@ def fig_pie(predictions: pd.DataFrame, subject: str, emotion: str, path: Path) -
     ax.pie(counts.to_numpy(), labels=[f"{c} ({n})" for c, n in counts.items()], autopct="%1.0f%%",
            colors=[colors.get(c, "grey") for c in counts.index], startangle=90, textprops={"fontsize": 8})
     ax.set_title(f"sub-{subject}: {len(rows)} held-out {emotion} volumes, predicted as\n"
-                 f"({DECODER_NAMES[decoder]}, within-subject)", fontsize=9)
+                 f"({decoder_label(decoder)}, within-subject)", fontsize=9)
     return save(fig, path), {"decoder": decoder, "n": int(len(rows)),
                              "predicted": {str(k): int(v) for k, v in counts.items()}}
 
@@ -153,7 +164,7 @@ def fig_seen_unseen(predictions: pd.DataFrame, classes: Sequence[str], path: Pat
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (model, columns, labels) in zip(axes, panels, strict=True):
         heatmap(ax, np.array(columns).T, [*classes, "balanced acc."], labels,
-                f"{DECODER_NAMES[decoder]} {model}: subjects seen in training vs unseen")
+                f"{decoder_label(decoder)} {model}: subjects seen in training vs unseen")
     return save(fig, path)
 
 
@@ -220,6 +231,6 @@ def fig_leaky_vs_clean(results: pd.DataFrame, path: Path) -> Path | None:
                       ha="right", fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("balanced accuracy")
-        ax.set_title(f"{DECODER_NAMES[decoder]}: the seed's protocol vs a clean one", fontsize=9)
+        ax.set_title(f"{decoder_label(decoder)}: the seed's protocol vs a clean one", fontsize=9)
         ax.legend(fontsize=7)
     return save(fig, path)

@@ -7,6 +7,7 @@ the models that have finished. Everything here reads the study through its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from monai_emotion.study.context import StudyContext
 from monai_emotion.study.embedding import embed_2d, penultimate_features
 from monai_emotion.study.history import epoch_curves
 from monai_emotion.study.permutation import permutation_seeds, read_null
-from monai_emotion.study.results import headline, read_predictions, tidy_results
+from monai_emotion.study.results import flagged_models, headline, read_predictions, tidy_results
 from monai_emotion.study.scoring import MEAN, POOLED, unit_scores
 
-__all__ = ["build_outputs", "emotion_ranking", "oracle_comparison", "study_predictions", "study_null"]
+__all__ = ["build_outputs", "emotion_ranking", "oracle_comparison", "study_predictions", "study_null",
+           "decoder_names", "group_experiments"]
 
 #: per-emotion rankings reported (experiment, test set, unit)
 RANKINGS = (("within", "heldout", MEAN), ("cross", "heldout", POOLED), ("unseen", "unseen_heldout", POOLED),
@@ -72,26 +74,74 @@ def oracle_comparison(results: pd.DataFrame, synthetic_root: str | None) -> dict
     return out
 
 
+def lowest_recall_subject(results: pd.DataFrame, emotion: str, subjects: Sequence[str]) -> str:
+    """The subject whose within-subject recall of ``emotion`` is lowest (first decoder; else the first subject)."""
+    for decoder in fr.decoders_in(results):
+        rows = results[(results["decoder"] == decoder) & (results["experiment"] == "within")
+                       & (results["model"] == "*") & (results["emotion"] == emotion)
+                       & ~results["subject"].isin([MEAN, POOLED]) & results["recall"].notna()]
+        if len(rows):
+            return str(rows.sort_values(["recall", "subject"]).iloc[0]["subject"])
+    return str(subjects[0])
+
+
+def confusion_contrast(predictions: pd.DataFrame, decoder: str, subject: str, emotion: str) -> dict[str, Any]:
+    """What ``subject``'s ``emotion`` volumes were called, next to the other subjects' and chance.
+
+    ``chance``: the subject's overall predicted-class shares (a decoder that ignores the
+    emotion calls the ``emotion`` volumes in those proportions).
+    """
+    within = predictions[(predictions["decoder"] == decoder) & (predictions["experiment"] == "within")]
+
+    def shares(frame: pd.DataFrame) -> dict[str, float]:
+        counts = frame["predicted_label"].value_counts(normalize=True)
+        return {str(k): round(float(v), 4) for k, v in counts.items()}
+
+    mine = within[within["subject"] == subject]
+    others = within[(within["subject"] != subject) & (within["true_label"] == emotion)]
+    return {"shares": shares(mine[mine["true_label"] == emotion]), "others_shares": shares(others),
+            "chance_shares": shares(mine), "others_n": int(len(others))}
+
+
 def _versus_chance(row: dict[str, Any]) -> dict[str, Any]:
+    """``versus_chance`` of each unit: its verdict (the corrected test of chance.py, not the interval)."""
     for unit in ("mean", "pooled"):
         r = row.get(unit)
-        if not r or r.get("chance_low") is None or r.get("balanced_accuracy") is None:
-            continue
-        value, low, high = r["balanced_accuracy"], r["chance_low"], r["chance_high"]
-        r["versus_chance"] = "above" if value > high else "below" if value < low else "inside"
+        if r:
+            r["versus_chance"] = r.get("verdict") or "untested"
     return row
 
 
+def decoder_names(ctx: StudyContext) -> list[str]:
+    """The decoders with a model folder (``cnn`` first, then the others by name): ``models/<decoder>/``."""
+    folder = ctx.root / "models"
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return ["cnn", *[d for d in found if d != "cnn"]] if "cnn" in found else found
+
+
+def group_experiments(ctx: StudyContext) -> list[str]:
+    """Experiments whose every model sees one subject: their MEAN rows get the group test."""
+    names = {m.experiment for m in ctx.plan.models}
+    return sorted(e for e in names if all(len(m.subjects) == 1 for m in ctx.plan.of(e)))
+
+
 def study_predictions(ctx: StudyContext) -> pd.DataFrame:
-    """The stored predictions of every finished model of the plan, CNN and linear."""
-    cnn = read_predictions(ctx.cnn.root, ctx.plan.models, "cnn", "eval")
-    linear = read_predictions(ctx.root / "models" / "linear", ctx.plan.models, "linear")
-    return pd.concat([f for f in (cnn, linear) if len(f)] or [cnn], ignore_index=True)
+    """The stored predictions of every finished model of the plan, for every decoder."""
+    frames = []
+    for decoder in decoder_names(ctx):
+        if decoder == "cnn":
+            frames.append(read_predictions(ctx.cnn.root, ctx.plan.models, "cnn", "eval"))
+        else:
+            frames.append(read_predictions(ctx.root / "models" / decoder, ctx.plan.models, decoder))
+    kept = [f for f in frames if len(f)]
+    if not kept:
+        return read_predictions(ctx.cnn.root, [], "cnn")
+    return pd.concat(kept, ignore_index=True)
 
 
 def study_null(ctx: StudyContext) -> pd.DataFrame:
-    """Permutation scores: the linear ones, and each CNN permutation whose protocol is complete."""
-    frames = [read_null(ctx.root / "permutations_linear.csv")]
+    """Permutation scores: every ``permutations_<decoder>.csv``, and each complete CNN permutation."""
+    frames = [read_null(path) for path in sorted(ctx.root.glob("permutations_*.csv"))]
     perms = ctx.study.permutations
     for seed in permutation_seeds(perms.first_seed, perms.cnn):
         for experiment in perms.cnn_experiments:
@@ -154,11 +204,14 @@ def _result_figures(ctx: StudyContext, results: pd.DataFrame, predictions: pd.Da
     summary["emotion_ranking"] = emotion_ranking(results, classes)
     summary["oracle"] = oracle_comparison(results, ctx.synthetic_root)
     paths["fig1"] = fr.fig_within_heatmap(results, classes, figures / "fig1_within_heatmap.png")
-    pie_subject = settings.pie_subject or ctx.plan.subjects[0]
+    pie_subject = settings.pie_subject or lowest_recall_subject(results, settings.pie_emotion, ctx.plan.subjects)
     pie = fr.fig_pie(unpermuted, pie_subject, settings.pie_emotion, figures / "fig2_pie.png")
     if pie:
-        paths["fig2"], summary["pie"] = pie[0], {"subject": pie_subject, "emotion": settings.pie_emotion, **pie[1]}
-    decoder = "cnn" if (predictions["decoder"] == "cnn").any() else "linear"
+        paths["fig2"], summary["pie"] = pie[0], {
+            "subject": pie_subject, "emotion": settings.pie_emotion, "chosen": "setting" if settings.pie_subject
+            else f"lowest within-subject {settings.pie_emotion} recall", **pie[1],
+            **confusion_contrast(unpermuted, pie[1]["decoder"], pie_subject, settings.pie_emotion)}
+    decoder = fr.decoders_in(predictions)[0]
     paths["fig3"] = fr.fig_seen_unseen(unpermuted, classes, figures / "fig3_seen_unseen.png", decoder)
     paths["fig8"] = fr.fig_leaky_vs_clean(results, figures / "fig8_leaky_vs_clean.png")
 
@@ -191,7 +244,8 @@ def build_outputs(ctx: StudyContext) -> dict[str, Any]:
     root, classes, study = ctx.root, list(ctx.classes), ctx.study
     figures = root / "figures"
     predictions, null = study_predictions(ctx), study_null(ctx)
-    results = tidy_results(predictions, null, classes, study.name) if len(predictions) else pd.DataFrame()
+    results = (tidy_results(predictions, null, classes, study.name, study.statistics, group_experiments(ctx))
+               if len(predictions) else pd.DataFrame())
     results.to_csv(root / "results.csv", index=False, float_format="%.6g")
     if len(predictions):
         predictions[predictions["permutation"] == -1].to_csv(root / "predictions_all.csv.gz", index=False,
@@ -203,8 +257,12 @@ def build_outputs(ctx: StudyContext) -> dict[str, Any]:
         "training": {**study.training.to_dict(), "network": dict(study.network)},
         "permutations": study.permutations.to_dict(), "classes": classes,
         "models_done": {d: int(predictions[(predictions["decoder"] == d) & (predictions["permutation"] == -1)]
-                               ["model"].nunique()) if len(predictions) else 0 for d in ("cnn", "linear")},
+                               ["model"].nunique()) if len(predictions) else 0
+                        for d in dict.fromkeys(["cnn", "linear", *decoder_names(ctx)])},
         "models_planned": len(ctx.plan.models),
+        "statistics": {**study.statistics.to_dict(), "group_experiments": group_experiments(ctx),
+                       "gap": study.splits.gap_for(study.labels.lag)},
+        "warnings": {"flagged_models": flagged_models(results) if len(results) else []},
     }
     if len(results):
         _result_figures(ctx, results, predictions, figures, paths, summary)

@@ -5,10 +5,12 @@ Each permutation circularly shifts the label sequence of every run (``data#label
 the *whole* fit of every model of a protocol: splits, training, model selection, testing. The
 scores of all permutations form the null distribution of each unit's balanced accuracy.
 
-The 95 % interval is the 2.5-97.5 % quantile range when there are at least
-:data:`MIN_EMPIRICAL` permutations; with fewer (the CNN's handful) it is mean +/- 1.96 sd
-of the permutation scores, a normal approximation the report labels as such. The p-value is
-``(1 + #{null >= observed}) / (1 + n)``.
+Single-subject models (within, leaky) are shifted by their subject's own stream
+(:meth:`~monai_emotion.study.plan.ModelSpec.permuted`), so per-subject nulls are independent.
+The tests, intervals and verdicts the study reports are :mod:`~monai_emotion.study.chance`'s
+(group test, single-model test, FDR/Holm correction). :func:`chance_interval` and
+:func:`p_value` remain for callers of the earlier helpers; the normal approximation of
+:func:`chance_interval` is not used for any verdict.
 """
 
 from __future__ import annotations

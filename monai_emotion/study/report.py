@@ -26,21 +26,69 @@ def _num(value: Any, digits: int = 3) -> str:
 def _chance(r: dict[str, Any] | None) -> str:
     if not r or r.get("chance_low") is None:
         return "-"
-    method = "" if r.get("chance_method") == "quantile" else ", normal approx."
-    return (f"[{_num(r['chance_low'])}, {_num(r['chance_high'])}] (n={int(r['n_permutations'])}{method}), "
-            f"p={_num(r.get('p_value'))}")
+    method = {"quantile": "", "group": ", group null", "range": ", min-max: too few for 95%"}.get(
+        r.get("chance_method"), "")
+    return (f"[{_num(r['chance_low'])}, {_num(r['chance_high'])}] (n={int(r['n_permutations'] or 0)}{method}), "
+            f"p={_p(r.get('p_value'))}, corrected {_p(r.get('p_adjusted'))}")
 
 
-def headline_markdown(rows: list[dict[str, Any]]) -> str:
-    """The headline table: balanced accuracy per protocol and decoder with chance intervals."""
-    lines = ["| protocol | test set | decoder | balanced acc. (mean over subjects) | chance 95% interval, p | "
-             "pooled | vs chance |", "|---|---|---|---|---|---|---|"]
+def _p(value: Any) -> str:
+    return "<0.001" if isinstance(value, float) and 0 <= value < 0.001 else _num(value)
+
+
+def _why(r: dict[str, Any], alpha: float) -> str:
+    """Why a verdict is ``untested``."""
+    n = r.get("n_permutations")
+    if not n:
+        return "untested (no permutations)"
+    if r.get("chance_test") == "group":
+        return f"untested (group null too coarse: {n} permutations per subject cannot reach p <= {alpha})"
+    return f"untested ({n} permutations: the p-value cannot go below 1/{n + 1}; >= 19 are needed for {alpha})"
+
+
+def headline_markdown(rows: list[dict[str, Any]], alpha: float = 0.05) -> str:
+    """The headline table: balanced accuracy per protocol and decoder with chance tests and verdicts."""
+    lines = ["| experiment | test set | protocol | decoder | balanced acc. (mean over subjects) [95% block bootstrap] "
+             "| chance 95% interval, p | pooled | flagged models | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         mean, pooled = row.get("mean") or {}, row.get("pooled") or {}
         label = _PROTOCOLS.get((row["experiment"], row["test_set"]), row["experiment"])
-        lines.append(f"| {label} | {row['test_set']} | {row['decoder']} | {_num(mean.get('balanced_accuracy'))} | "
-                     f"{_chance(mean)} | {_num(pooled.get('balanced_accuracy'))} | {mean.get('versus_chance', '-')} |")
+        verdict = mean.get("verdict") or "untested"
+        shown = _why(mean, alpha) if verdict == "untested" else f"**{verdict}**" if verdict == "above" else verdict
+        ci = (f" [{_num(pooled.get('balanced_accuracy_ci_low'))}, {_num(pooled.get('balanced_accuracy_ci_high'))}]"
+              if pooled.get("balanced_accuracy_ci_low") is not None else "")
+        lines.append(f"| {label} | {row['test_set']} | {row.get('protocol', '-')} | {row['decoder']} | "
+                     f"{_num(mean.get('balanced_accuracy'))} | {_chance(mean)} | "
+                     f"{_num(pooled.get('balanced_accuracy'))}{ci} | "
+                     f"{mean.get('n_flagged', 0) or 0} of {mean.get('n_models', 0) or 0} | {shown} |")
     return "\n".join(lines)
+
+
+def _statistics_text(summary: dict[str, Any]) -> list[str]:
+    stats = summary.get("statistics") or {}
+    correction = {"fdr": "Benjamini-Hochberg FDR", "holm": "Holm"}.get(stats.get("correction"), "-")
+    return [f"Verdicts follow the one-sided permutation p-value, corrected ({correction}, alpha "
+            f"{stats.get('alpha')}) across each table of tests (the MEAN rows here; POOLED and per-subject rows "
+            "of results.csv are corrected in their own tables). Experiments of single-subject models "
+            f"({', '.join(stats.get('group_experiments', []))}) get the group test: every subject has its own "
+            "independent circular shifts, and the mean over subjects is compared with every combination of one "
+            "permutation score (or the observed one) per subject (an exact Stelzer-style group null). Other rows: "
+            "p = (1 + #null >= observed) / (1 + n); with fewer than 19 permutations the verdict is `untested`. "
+            "Protocol `clean`: no movie moment of the test set was heard in training by any subject; "
+            "`stimulus-seen`: the training subjects heard it; `leaky`: the seed's random split. Intervals of "
+            "balanced accuracy and recall: block bootstrap over episodes (docs/study.md). Gap around held-out "
+            f"runs: {_num(stats.get('gap'), 1)} s of movie time.", ""]
+
+
+def _warnings_text(summary: dict[str, Any]) -> list[str]:
+    flagged = (summary.get("warnings") or {}).get("flagged_models") or []
+    if not flagged:
+        return ["## Warnings", "", "No model is flagged as collapsed or degenerate.", ""]
+    lines = ["## Warnings", "", f"{len(flagged)} model x test set(s) flagged as collapsed or degenerate "
+             "(monai_emotion.metrics.degeneracy): their scores describe a class bias, not decoding.", ""]
+    lines += [f"- {f['decoder']} {f['model']} on {f['test_set']}: {_num(f['top_class_share'], 2)} of its volumes "
+              f"predicted {f['top_class']}" for f in flagged]
+    return [*lines, ""]
 
 
 def _clustering_verdict(within: float, between: float) -> str:
@@ -78,9 +126,8 @@ def _oracle_text(oracle: dict[str, Any] | None) -> list[str]:
                      "inside its chance interval.")
     lines.append(f"Oracle decoder (template matching with the true patterns, all runs): mean balanced accuracy "
                  f"{oracle['oracle_mean']:.3f} ({', '.join(f'sub-{s} {v:.3f}' for s, v in oracle['oracle'].items())}).")
-    for decoder in ("cnn", "linear"):
-        if decoder in oracle:
-            d = oracle[decoder]
+    for decoder, d in oracle.items():
+        if isinstance(d, dict) and "ratio_of_means" in d:
             lines.append(f"- {decoder}: within-subject balanced accuracy / oracle = {_num(d['ratio_of_means'])} "
                          f"(ratio of means; per subject {', '.join(f'{s} {v:.2f}' for s, v in d['ratio_to_oracle'].items())})")
     lines.append(f"- planted: strength {oracle['class_strength']}, share common to all subjects "
@@ -104,7 +151,9 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
              "Training volumes sharing movie moments with validation or test runs (the 16 s overlap of "
              "neighbouring runs) are dropped. Chance levels: labels circularly shifted within runs, every "
              "model refitted per permutation.", "",
-             "## Headline", "", headline_markdown(summary.get("headline", [])), "",
+             "## Headline", "", headline_markdown(summary.get("headline", []),
+                                                  (summary.get("statistics") or {}).get("alpha", 0.05)), "",
+             *_statistics_text(summary), *_warnings_text(summary),
              "The leaky row repeats the seed's protocol: neighbouring volumes (near-duplicates of one slow BOLD "
              "response, inside one emotion episode) fall on both sides of the split, and the test set doubles as "
              "the validation set. Its score measures memorisation of temporal neighbours, not emotion decoding.",
@@ -125,8 +174,11 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
             f"{bacc('linear', 'cross', 'heldout', 'pooled')}. Chance 1/{len(summary['classes'])}.")
     pie = summary.get("pie") or {}
     _figure(lines, summary, "fig2", f"2. What sub-{pie.get('subject', '?')}'s {pie.get('emotion', '')} volumes were "
-            "called", f"{pie.get('n', 0)} held-out volumes ({pie.get('decoder', '')}, within-subject): "
-            f"{pie.get('predicted', {})}.")
+            "called", f"{pie.get('n', 0)} held-out volumes ({pie.get('decoder', '')}, within-subject; subject "
+            f"chosen by {pie.get('chosen', 'setting')}): {pie.get('predicted', {})}. Shares: this subject "
+            f"{pie.get('shares', {})}; the other subjects' {pie.get('emotion', '')} volumes ({pie.get('others_n', 0)}) "
+            f"{pie.get('others_shares', {})}; chance (this subject's predicted-class shares over all its volumes) "
+            f"{pie.get('chance_shares', {})}.")
     unseen = [bacc(d, "unseen", t) for d in ("cnn", "linear") for t in ("seen_heldout", "unseen_heldout",
                                                                          "unseen_all_runs")]
     _figure(lines, summary, "fig3", "3. Seen vs unseen subjects per subject fold",
