@@ -38,7 +38,7 @@ def _p(value: Any) -> str:
 
 def _why(r: dict[str, Any], alpha: float) -> str:
     """Why a verdict is ``untested``."""
-    n = r.get("n_permutations")
+    n = int(r.get("n_permutations") or 0)
     if not n:
         return "untested (no permutations)"
     if r.get("chance_test") == "group":
@@ -87,7 +87,7 @@ def _warnings_text(summary: dict[str, Any]) -> list[str]:
     lines = ["## Warnings", "", f"{len(flagged)} model x test set(s) flagged as collapsed or degenerate "
              "(monai_emotion.metrics.degeneracy): their scores describe a class bias, not decoding.", ""]
     lines += [f"- {f['decoder']} {f['model']} on {f['test_set']}: {_num(f['top_class_share'], 2)} of its volumes "
-              f"predicted {f['top_class']}" for f in flagged]
+              f"predicted {f['top_class']}; {'; '.join(f.get('reasons') or [])}" for f in flagged]
     return [*lines, ""]
 
 

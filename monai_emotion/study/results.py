@@ -34,6 +34,8 @@ RESULT_COLUMNS = [
     "n_models", "n_flagged", "chance_mean", "chance_low", "chance_high", "chance_method", "chance_test",
     "n_permutations", "p_value", "p_adjusted", "verdict",
 ]
+#: why each model x test set of the last tidy_results call was flagged (the CSV keeps only the flag)
+_REASONS: dict[tuple, list[str]] = {}
 #: experiments whose models each see one subject: their MEAN rows get the group test
 GROUP_EXPERIMENTS = ("within", "leaky")
 _KEY = ["decoder", "experiment", "test_set"]
@@ -110,11 +112,14 @@ def _model_rows(predictions: pd.DataFrame, classes: Sequence[str], study: str,
     """Per model x test set rows, and whether each (decoder, experiment, test set, model) is flagged."""
     rows: list[dict[str, Any]] = []
     flags: dict[tuple, bool] = {}
+    reasons = _REASONS
+    reasons.clear()
     for (decoder, experiment, protocol, test_set, model, fold), group in predictions.groupby(
             [*_KEY[:2], "protocol", "test_set", "model", "fold"], sort=True):
         report = report_of(group, classes)
         flag = _flag_columns(report)
         flags[(decoder, experiment, test_set, model)] = flag["flagged"]
+        reasons[(decoder, experiment, test_set, model)] = list((report.get("degeneracy") or {}).get("reasons") or [])
         base = {"study": study, "decoder": decoder, "experiment": experiment, "protocol": protocol,
                 "test_set": test_set, "subject": "+".join(sorted(group["subject"].astype(str).unique())),
                 "model": model, "fold": fold, **flag, "n_models": 1, "n_flagged": int(flag["flagged"])}
@@ -221,7 +226,8 @@ def flagged_models(results: pd.DataFrame) -> list[dict[str, Any]]:
     """The models (per test set) whose predictions are flagged as collapsed or degenerate."""
     rows = results[(results["model"] != "*") & (results["emotion"] == "ALL") & (results["flagged"] == True)]  # noqa: E712
     return [{"decoder": r.decoder, "experiment": r.experiment, "test_set": r.test_set, "model": r.model,
-             "top_class": r.top_class, "top_class_share": _plain(r.top_class_share)} for r in rows.itertuples()]
+             "top_class": r.top_class, "top_class_share": _plain(r.top_class_share),
+             "reasons": _REASONS.get((r.decoder, r.experiment, r.test_set, r.model), [])} for r in rows.itertuples()]
 
 
 def headline(results: pd.DataFrame) -> list[dict[str, Any]]:
