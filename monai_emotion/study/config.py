@@ -31,6 +31,7 @@ from monai_emotion.study.settings import (
     DataSettings,
     FigureSettings,
     LeakySettings,
+    PeerSettings,
     PermutationSettings,
     RuntimeSettings,
     SplitSettings,
@@ -57,7 +58,7 @@ class Study:
     bundle
         Bundle root holding ``configs/train.json`` and ``configs/evaluate.json``.
     data, labels, subjects, preprocessing, network, training, runtime, splits, experiments, leaky,
-    baseline, permutations, figures, bundle_overrides, statistics
+    baseline, permutations, figures, bundle_overrides, statistics, peers
         The sections of the study file (``network`` and ``bundle_overrides`` are open: keywords
         of the bundle's ``network_def`` and any other bundle override).
     """
@@ -80,6 +81,7 @@ class Study:
     figures: FigureSettings
     bundle_overrides: Mapping[str, Any]
     statistics: StatisticsSettings = StatisticsSettings()
+    peers: PeerSettings = PeerSettings()
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON (what ``study.json`` in the results folder holds)."""
@@ -135,6 +137,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "permutations": (_closed(PermutationSettings, "permutations"), {}),
     "figures": (_closed(FigureSettings, "figures"), {}),
     "statistics": (_closed(StatisticsSettings, "statistics"), {}),
+    "peers": (PeerSettings.from_dict, {}),
     "bundle_overrides": (_open, {}),
 }
 

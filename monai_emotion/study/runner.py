@@ -139,6 +139,56 @@ class _Linear:
         return True
 
 
+class _Peers:
+    """The field's standard decoders (:mod:`monai_emotion.study.peers`) on the study's folds, resumable."""
+
+    def __init__(self, ctx: StudyContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.study.peers
+
+    def folder(self, decoder: str) -> Path:
+        return self.ctx.root / "models" / decoder
+
+    def specs(self, only: list[str] | None) -> list[ModelSpec]:
+        return [s for s in self.ctx.plan.models if self.settings.runs_for(s) and
+                any(selected(d, s, only) for d in self.settings.decoders)]
+
+    def done(self, decoder: str, spec: ModelSpec) -> bool:
+        return all((self.folder(decoder) / spec.id / t.name / "predictions.csv").is_file() for t in spec.test_sets)
+
+    def check_settings(self) -> None:
+        """Discard stored peer results made with other peer or data settings."""
+        study = self.ctx.study
+        settings = {"peers": self.settings.to_dict(), "data": {k: self.ctx.base.get(k) for k in _LINEAR_DATA_KEYS},
+                    "splits": study.splits.to_dict(), "leaky": study.leaky.to_dict()}
+        digest = json_digest(settings, length=16)
+        for decoder in self.settings.decoders:
+            record = self.ctx.root / "models" / f"{decoder}.json"
+            if record.is_file() and (read_json(record) or {}).get("digest") != digest:
+                self.ctx.log(f"  {decoder}: settings changed since the stored results; they are recomputed")
+                shutil.rmtree(self.folder(decoder), ignore_errors=True)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(record, {"digest": digest, "settings": settings})
+
+    def todo(self, only: list[str] | None, force: bool) -> bool:
+        return any(force or not self.done(d, s) for d in self.settings.decoders for s in self.specs(only))
+
+    def run(self, only: list[str] | None, force: bool) -> None:
+        from monai_emotion.study.peers import NilearnPeer
+
+        for decoder in self.settings.decoders:
+            peer = NilearnPeer(self.ctx.views, self.settings, self.ctx.classes)
+            specs = [s for s in self.specs(only) if force or not self.done(decoder, s)]
+            for n, spec in enumerate(specs, start=1):
+                start = time.perf_counter()
+                frames = peer.fit_predict(spec)
+                seconds = round(time.perf_counter() - start, 2)
+                for name, frame in frames.items():
+                    save_predictions(frame, self.folder(decoder) / spec.id / name, self.ctx.classes)
+                atomic_write_json(self.folder(decoder) / spec.id / "fit.json", {"seconds": seconds})
+                self.ctx.log(f"  {decoder} [{n}/{len(specs)}] {spec.id}: {seconds:.1f} s")
+
+
 class _FileLog:
     """Progress lines of the baseline worker: into its log file, one flushed line at a time."""
 
@@ -162,8 +212,12 @@ def _baseline_stage(config: str, root: str, tokens: list[str] | None, force: boo
     with timings.timed("prepare"):
         ctx = prepare_context(study, Path(root), log or _FileLog(Path(root) / "logs" / "baseline.log"))
     linear = _Linear(ctx)
-    with timings.timed("linear"):
-        linear.run([s for s in ctx.plan.models if selected("linear", s, tokens)], force)
+    if study.baseline.enabled:
+        with timings.timed("linear"):
+            linear.run([s for s in ctx.plan.models if selected("linear", s, tokens)], force)
+    if study.peers.enabled:
+        with timings.timed("peers"):
+            _Peers(ctx).run(tokens, force)
     with timings.timed("linear_permutations"):
         ran = linear.run_permutations(tokens)
     if not ran:
@@ -211,22 +265,26 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
     with timings.timed("prepare"):
         ctx = prepare_context(study, root, log)
     log(ctx.describe())
-    enabled, linear = study.baseline.enabled, _Linear(ctx)
-    if enabled:
+    linear, peers = _Linear(ctx), _Peers(ctx)
+    enabled = study.baseline.enabled or study.peers.enabled
+    if study.baseline.enabled:
         linear.check_settings()
+    if study.peers.enabled:
+        peers.check_settings()
     baseline_args = (str(study.source), str(root), tokens, force)
     pool, worker = None, None
-    if enabled and not linear.todo(tokens, force):
-        log("linear baseline: every selected model and permutation already done")
+    todo = (study.baseline.enabled and linear.todo(tokens, force)) or (study.peers.enabled and peers.todo(tokens, force))
+    if enabled and not todo:
+        log("linear baseline and peers: every selected model and permutation already done")
     elif enabled and study.runtime.parallel_baseline:
         import multiprocessing
 
         # spawn, not fork: the parent already holds torch and BLAS thread pools
         pool = multiprocessing.get_context("spawn").Pool(1)
         worker = pool.apply_async(_baseline_stage, baseline_args)
-        log(f"linear baseline and its permutations: in a second process (log {root / 'logs' / 'baseline.log'})")
+        log(f"linear baseline, peers and permutations: in a second process (log {root / 'logs' / 'baseline.log'})")
     elif enabled:
-        log("linear baseline:")
+        log("linear baseline and peers:")
         timings.update(_baseline_stage(*baseline_args, log=log))
     try:
         log("CNN models (through the bundle configs):")

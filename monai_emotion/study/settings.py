@@ -11,14 +11,14 @@ The label rule and the preprocessing are the data package's own typed values
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from monai_emotion.errors import ConfigError
 
-__all__ = ["EXPERIMENTS", "BaselineSettings", "DataSettings", "FigureSettings", "LeakySettings",
+__all__ = ["EXPERIMENTS", "PEERS", "BaselineSettings", "PeerSettings", "DataSettings", "FigureSettings", "LeakySettings",
            "PermutationSettings", "RuntimeSettings", "SplitSettings", "StatisticsSettings", "TrainingSettings",
            "experiment_names", "plain", "text"]
 
@@ -297,3 +297,68 @@ class FigureSettings(_Section):
         self._set("max_embedding_points", _integer("max_embedding_points", self.max_embedding_points, 1))
 
 
+#: the peer decoders a study can run (their decoder names in ``results.csv``)
+PEERS: tuple[str, ...] = ("nilearn",)
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """The study's ``peers`` section: which peer decoders run, and their nilearn knobs.
+
+    Parameters
+    ----------
+    decoders
+        Peer decoders to fit (a subset of :data:`PEERS`; ``[]`` turns them off).
+    estimator
+        ``nilearn.decoding.Decoder``'s ``estimator`` (``logistic_l2``: the field's default).
+    screening_percentile
+        Percentage of voxels kept by the univariate screening (nilearn's default, 20).
+    C
+        The regularisation values nilearn's inner cross-validation chooses from.
+    experiments
+        The experiments that get a peer row (default every one the study runs).
+    """
+
+    decoders: tuple[str, ...] = PEERS
+    estimator: str = "logistic_l2"
+    screening_percentile: float = 20.0
+    C: tuple[float, ...] = (0.01, 0.1, 1.0)
+    experiments: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        decoders = (self.decoders,) if isinstance(self.decoders, str) else tuple(self.decoders)
+        unknown = [d for d in decoders if d not in PEERS]
+        if unknown:
+            raise ConfigError(f"peers.decoders: unknown {unknown}", fix=f"choose from {list(PEERS)} or []")
+        object.__setattr__(self, "decoders", decoders)
+        if not 0 < float(self.screening_percentile) <= 100:
+            raise ConfigError(f"peers.screening_percentile={self.screening_percentile} must lie in (0, 100]")
+        values = tuple(float(c) for c in (self.C if isinstance(self.C, Sequence) else [self.C]))
+        if not values or min(values) <= 0:
+            raise ConfigError(f"peers.C={self.C!r} must be one or more numbers > 0")
+        object.__setattr__(self, "C", values)
+        if self.experiments is not None:
+            object.__setattr__(self, "experiments", tuple(self.experiments))
+
+    @classmethod
+    def from_dict(cls, given: Mapping[str, Any] | None) -> PeerSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given or {}) - names)
+        if unknown:
+            raise ConfigError(f"unknown peers key(s) {unknown}", where="peers", fix=f"use only {sorted(names)}")
+        return cls(**dict(given or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["decoders"], out["C"] = list(self.decoders), list(self.C)
+        if self.experiments is not None:
+            out["experiments"] = list(self.experiments)
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.decoders)
+
+    def runs_for(self, spec: Any) -> bool:
+        """Whether ``spec`` gets a peer row (permuted models never do)."""
+        return spec.permutation is None and (self.experiments is None or spec.experiment in self.experiments)
