@@ -171,10 +171,18 @@ class DataViews:
     """
 
     def __init__(self, experiment: Mapping[str, Any],
-                 subject_experiments: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 subject_experiments: Mapping[str, Mapping[str, Any]] | None = None,
+                 rule: LabelRule | None = None) -> None:
         self._experiments = {None: experiment, **dict(subject_experiments or {})}
+        self._rule = rule
         self._tables: dict[str | None, VolumeTable] = {}
         self._stores: dict[str | None, FeatureStore] = {}
+
+    def with_rule(self, rule: LabelRule) -> DataViews:
+        """The same grids and frames, labelled by another rule (e.g. the other observer set)."""
+        other = DataViews(self._experiments[None], {k: v for k, v in self._experiments.items() if k is not None}, rule)
+        other._stores = self._stores  # the frames do not depend on the labels: shared
+        return other
 
     def _key(self, subjects: Sequence[str]) -> str | None:
         return str(subjects[0]) if len(subjects) == 1 and str(subjects[0]) in self._experiments else None
@@ -187,7 +195,7 @@ class DataViews:
         """The items of a model over ``subjects``."""
         key = self._key(subjects)
         if key not in self._tables:
-            self._tables[key] = VolumeTable(self._experiments[key])
+            self._tables[key] = VolumeTable(self._experiments[key], self._rule)
         return self._tables[key]
 
     def store(self, subjects: Sequence[str]) -> FeatureStore:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_emotion.errors import ConfigError
+from monai_emotion.errors import ConfigError, MonaiEmotionError
 from monai_emotion.fileio import atomic_write_json, json_digest, read_json
 from monai_emotion.study.baseline import LinearBaseline
 from monai_emotion.study.config import load_study
@@ -102,6 +102,8 @@ class _Linear:
         if record.is_file() and (read_json(record) or {}).get("digest") != digest:
             self.ctx.log("  linear: settings changed since the stored results; they are recomputed")
             shutil.rmtree(self.folder, ignore_errors=True)
+            for other in ("linear_av", "linear_ao"):
+                shutil.rmtree(self.ctx.root / "models" / other, ignore_errors=True)
             self.null_path.unlink(missing_ok=True)
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(record, {"digest": digest, "settings": settings})
@@ -112,6 +114,9 @@ class _Linear:
     def todo(self, only: list[str] | None, force: bool) -> bool:
         """Whether the stage has anything to compute (else no worker is started)."""
         if force or any(not self.done(s) for s in self.ctx.plan.models if selected("linear", s, only)):
+            return True
+        other = self.other_observers()
+        if other and not (self.ctx.root / "models" / f"linear_{other}").is_dir():
             return True
         if not (self.ctx.study.permutations.linear and selected_permutations("linear", only)):
             return False
@@ -127,6 +132,39 @@ class _Linear:
             for name, frame in self.baseline().fit_predict(spec, with_probabilities=True).items():
                 save_predictions(frame, self.folder / spec.id / name, self.ctx.classes)
         self.ctx.log(f"  linear: {len(specs) - done} model(s) fitted, {done} already done")
+        self.run_other_observers(specs, force)
+
+    def other_observers(self) -> str | None:
+        """``"ao"`` or ``"av"``: the observer set of the sensitivity analysis (``None``: off)."""
+        observers = self.ctx.table.rule.observers
+        if not self.ctx.study.statistics.observer_sensitivity or observers not in ("av", "ao"):
+            return None
+        return "ao" if observers == "av" else "av"
+
+    def run_other_observers(self, specs: Sequence[ModelSpec], force: bool) -> None:
+        """The sensitivity analysis: the same linear models on the other observer set's labels."""
+        other = self.other_observers()
+        if other is None:
+            return
+        rule = self.ctx.table.rule
+        folder = self.ctx.root / "models" / f"linear_{other}"
+        baseline = LinearBaseline(self.ctx.views.with_rule(rule.replace(observers=other)),
+                                  self.ctx.study.baseline, self.ctx.classes)
+        try:  # synthetic worlds and partial copies of the annotations may lack the other set
+            baseline.views.table(self.ctx.plan.subjects[:1]).labels(self.ctx.study.labels.lag)
+        except MonaiEmotionError as exc:
+            self.ctx.log(f"  linear on the {other.upper()} observers' labels: skipped ({exc.what})")
+            folder.mkdir(parents=True, exist_ok=True)  # asked once, not on every resume
+            return
+        fitted = 0
+        for spec in specs:
+            if spec.permutation is not None or (not force and all(
+                    (folder / spec.id / t.name / "predictions.csv").is_file() for t in spec.test_sets)):
+                continue
+            for name, frame in baseline.fit_predict(spec).items():
+                save_predictions(frame, folder / spec.id / name, self.ctx.classes)
+            fitted += 1
+        self.ctx.log(f"  linear on the {other.upper()} observers' labels (sensitivity): {fitted} model(s) fitted")
 
     def run_permutations(self, only: list[str] | None) -> bool:
         """Compute the missing permutations, if selected; whether the stage ran."""

@@ -268,6 +268,9 @@ class StatisticsSettings(_Section):
     bootstrap: int = 1000
     #: volumes of gap (censored or unlabelled) still inside one block of a bootstrap episode
     block_gap: int = 2
+    #: refit the linear baseline on the other observer set's labels (AV <-> AO; decoder
+    #: ``linear_ao`` or ``linear_av`` in results.csv): the 7T participants heard the audio-only movie
+    observer_sensitivity: bool = True
 
     def __post_init__(self) -> None:
         self._set("alpha", _number("alpha", self.alpha, positive=True))
@@ -277,6 +280,7 @@ class StatisticsSettings(_Section):
         self._set("group_draws", _integer("group_draws", self.group_draws, 100))
         self._set("bootstrap", _integer("bootstrap", self.bootstrap, 0))
         self._set("block_gap", _integer("block_gap", self.block_gap, 0))
+        self._set("observer_sensitivity", _flag("observer_sensitivity", self.observer_sensitivity))
 
 
 @dataclass(frozen=True)
