@@ -24,7 +24,7 @@ from monai_emotion.study.bundle import (
 from monai_emotion.study.config import Study
 from monai_emotion.study.plan import ModelSpec, TestSet
 
-__all__ = ["penultimate_features", "embed_2d"]
+__all__ = ["penultimate_features", "embed_2d", "feature_silhouette"]
 
 
 def penultimate_features(
@@ -71,3 +71,17 @@ def embed_2d(features: np.ndarray, labels: Sequence[int], perplexity: float = 30
                   "silhouette_tsne": float(silhouette_score(tsne, y))}
     return {"pca": pca.transform(x), "tsne": tsne, "pca_explained": pca.explained_variance_ratio_.tolist(),
             "perplexity": perplexity, **scores}
+
+
+def feature_silhouette(features: np.ndarray, groups: Sequence[Any]) -> float | None:
+    """Cosine silhouette of ``features`` grouped by ``groups`` (runs, subjects, emotions) in feature space.
+
+    ``None`` with fewer than two groups (or as many groups as points): nothing to compare.
+    """
+    from sklearn.metrics import silhouette_score
+
+    y = np.asarray([str(g) for g in groups])
+    x = features - features.mean(axis=0)
+    if not 1 < len(np.unique(y)) < len(y) or not np.any(x):
+        return None
+    return float(silhouette_score(x, y, metric="cosine"))

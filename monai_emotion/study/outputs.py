@@ -21,7 +21,7 @@ from monai_emotion.study import figures as fr
 from monai_emotion.study import figures_data as fd
 from monai_emotion.study.bundle import captured
 from monai_emotion.study.context import StudyContext
-from monai_emotion.study.embedding import embed_2d, penultimate_features
+from monai_emotion.study.embedding import embed_2d, feature_silhouette, penultimate_features
 from monai_emotion.study.history import epoch_curves
 from monai_emotion.study.permutation import permutation_seeds, read_null
 from monai_emotion.study.results import flagged_models, headline, read_predictions, tidy_results
@@ -171,7 +171,21 @@ def _embedding(ctx: StudyContext, figures: Path) -> dict[str, Any] | None:
     path = fd.fig_embedding(emb, labels, ctx.classes, f"{spec.id} on '{test.name}' ({len(items)} volumes)",
                             figures / "fig6_embedding.png")
     ctx.log(f"  embedding of {spec.id}: silhouette {emb.get('silhouette', float('nan')):.3f}")
-    return {"model": spec.id, "test_set": test.name, "n": len(items), "path": path.name,
+    # references to read the emotion silhouette against: the same features grouped by run and by
+    # subject (what else the model may encode), and a label-permuted model's features by emotion
+    references = {"silhouette_by_run": feature_silhouette(features, [i["run"] for i in items]),
+                  "silhouette_by_subject": feature_silhouette(features, [i["subject"] for i in items])}
+    permuted = next((spec.permuted(seed) for seed in permutation_seeds(ctx.study.permutations.first_seed,
+                                                                        ctx.study.permutations.cnn)
+                     if ctx.cnn.done(spec.permuted(seed))), None)
+    if permuted is not None:
+        with captured(ctx.root / "logs" / "embedding.log"):
+            null_features, null_items = penultimate_features(ctx.study, ctx.base, permuted, test,
+                                                             ctx.cnn.folder(permuted) / "ckpt" / "model.pt",
+                                                             settings.max_embedding_points)
+        references["silhouette_permuted_model"] = feature_silhouette(null_features, [i["label"] for i in null_items])
+        references["permuted_model"] = permuted.id
+    return {"model": spec.id, "test_set": test.name, "n": len(items), "path": path.name, **references,
             **{k: emb[k] for k in ("silhouette", "silhouette_pca", "silhouette_tsne", "pca_explained", "perplexity")
                if k in emb}}
 

@@ -198,7 +198,11 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
     _figure(lines, summary, "fig6", "6. Penultimate features in 2-D",
             f"{emb.get('model', '')} on '{emb.get('test_set', '')}' ({emb.get('n', 0)} volumes): silhouette by "
             f"emotion {_num(emb.get('silhouette'))} (cosine, 128-d features; 1 = separate clusters, 0 = none), "
-            f"{_num(emb.get('silhouette_pca'))} in the PCA plane, {_num(emb.get('silhouette_tsne'))} in t-SNE.")
+            f"{_num(emb.get('silhouette_pca'))} in the PCA plane, {_num(emb.get('silhouette_tsne'))} in t-SNE. "
+            f"References in the same feature space: by run {_num(emb.get('silhouette_by_run'))}, by subject "
+            f"{_num(emb.get('silhouette_by_subject'))}, and a label-permuted model's silhouette by its own "
+            f"(shifted) labels {_num(emb.get('silhouette_permuted_model'))} "
+            f"({emb.get('permuted_model') or 'no permuted CNN model in this study'}).")
     _figure(lines, summary, "fig7", "7. Class x run table (run confound)",
             "Labelled volumes per class and run. Classes concentrated in few runs let a model decode 'which run' "
             "instead of 'which emotion'; held-out-run splits and per-run z-scoring guard against it.")
