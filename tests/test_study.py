@@ -78,7 +78,8 @@ def planted_study(tmp_path_factory, home):
 def null_study(tmp_path_factory, home):
     tmp = tmp_path_factory.mktemp("null")
     config = _write_study(tmp / "null.json", NULL, tmp / "data", 6, experiments=["within", "leaky"],
-                          permutations={"linear": MIN_EMPIRICAL, "cnn": 2, "cnn_experiments": ["within"]})
+                          permutations={"linear": MIN_EMPIRICAL, "cnn": 2, "cnn_experiments": ["within"]},
+                          peers={"decoders": []})  # the peer is checked on the planted study
     summary = run_study(config, out=tmp / "results", log=lambda line: None)
     return tmp, summary
 
@@ -218,7 +219,7 @@ def test_study_writes_every_output(planted_study):
     report = (out / "report.md").read_text()
     assert report.count("![") == 8 and "LEAKY" in report
     results = pd.read_csv(out / "results.csv", dtype={"subject": str})
-    assert {"cnn", "linear"} == set(results["decoder"])
+    assert {"cnn", "linear", "nilearn"} == set(results["decoder"])  # the nilearn peer runs by default
     assert set(results["experiment"]) == {"within", "cross", "unseen", "leaky"}
     assert {"heldout", "unseen_heldout", "unseen_all_runs", "seen_heldout", "leaky_random"} == set(results["test_set"])
     overall = results[(results["emotion"] == "ALL") & (results["subject"] == MEAN) & (results["decoder"] == "linear")]
