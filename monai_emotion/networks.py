@@ -31,6 +31,7 @@ __all__ = [
     "build_network",
     "count_parameters",
     "encoder_output_shape",
+    "split_outputs",
 ]
 
 _HEADS = ("flatten", "gap", "grid")
@@ -115,6 +116,12 @@ class EmotionCNN3D(nn.Module):
         ``"same"`` (paper, reproduces 139.5 M head parameters) or ``"valid"``.
     grid_shape
         Cells per axis of the ``"grid"`` head.
+    dimensions
+        0 (default): the output is the ``(B, num_classes)`` logits. ``D > 0``: a multi-task
+        head, a dense layer of ``D`` continuous outputs (valence, arousal: docs/dimensions.md)
+        beside the classifier on the same embedding; the output is one ``(B, num_classes + D)``
+        tensor, the logits first (:func:`split_outputs`), so engines, TorchScript and ONNX see
+        one tensor as before.
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class EmotionCNN3D(nn.Module):
         dropout: float = 0.0,
         padding: str = "same",
         grid_shape: Sequence[int] = (4, 4, 2),
+        dimensions: int = 0,
     ) -> None:
         super().__init__()
         if head not in _HEADS:
@@ -142,6 +150,9 @@ class EmotionCNN3D(nn.Module):
             raise ConfigError("channels is empty", where="EmotionCNN3D", fix="give at least one conv layer")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}", where="EmotionCNN3D")
+        if int(dimensions) < 0:
+            raise ConfigError(f"dimensions must be >= 0, got {dimensions}", where="EmotionCNN3D",
+                              fix="use 0 (classes only) or the number of continuous targets (2)")
         pools = _pool_sizes(pool, len(channels))
         pad = kernel_size // 2 if padding == "same" else 0
         layers: list[nn.Module] = []
@@ -177,6 +188,9 @@ class EmotionCNN3D(nn.Module):
         self.hidden = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden, num_classes)
+        self.num_classes = int(num_classes)
+        # None by default: the classes-only network keeps its parameters and state dict unchanged
+        self.dimension_head = nn.Linear(hidden, int(dimensions)) if int(dimensions) > 0 else None
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
@@ -196,8 +210,32 @@ class EmotionCNN3D(nn.Module):
         return self.hidden(self.reduce(self.encoder(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of a batch ``(B, in_channels, X, Y, Z)``."""
-        return self.classifier(self.dropout(self.features(x)))
+        """Logits ``(B, num_classes)`` of a batch ``(B, in_channels, X, Y, Z)`` (then the dimensions)."""
+        if self.dimension_head is None:
+            return self.classifier(self.dropout(self.features(x)))
+        embedding = self.dropout(self.features(x))
+        return torch.cat([self.classifier(embedding), self.dimension_head(embedding)], dim=1)
+
+
+def split_outputs(output: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, dimensions)`` of a multi-task output ``(B, K + D)`` (``D`` may be 0).
+
+    Parameters
+    ----------
+    output
+        What :class:`EmotionCNN3D` returns, batched ``(B, K + D)`` or one sample ``(K + D,)``.
+    num_classes
+        ``K``.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The first ``K`` entries of the last axis and the rest.
+    """
+    if output.shape[-1] < num_classes:
+        raise ConfigError(f"an output of {output.shape[-1]} channels for {num_classes} classes",
+                          where="multi-task output", fix="set num_classes to the network's class count")
+    return output[..., :num_classes], output[..., num_classes:]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -40,6 +40,7 @@ def labelled_items(
     *,
     drop: Iterable[str] = (NONE, TIE),
     soft: bool = False,
+    dimensions: Sequence[str] = (),
 ) -> list[dict]:
     """One item per existing volume of each run whose label is not in ``drop``: the items rule.
 
@@ -60,17 +61,26 @@ def labelled_items(
         Labels left out (``()``: every volume; NONE and TIE then get ``label`` -1).
     soft
         Add ``soft``: the fraction of observers per class.
+    dimensions
+        Columns of ``labels`` added to each item under their names, as floats (``("valence",
+        "arousal")`` after :func:`~monai_emotion.data.dimensions.add_dimensions`); none by default.
 
     Returns
     -------
     list of dict
         ``{"image", "frame", "label", "label_name", "subject", "run", "movie_time",
-        "label_time"}`` (and ``soft``). Frames beyond a short run's end get no item.
+        "label_time"}`` (and ``soft``, and the ``dimensions``). Frames beyond a short run's end
+        get no item.
     """
     classes = list(labels.attrs.get("classes", CLASSES))
     index = {c: k for k, c in enumerate(classes)}
     dropped = list(drop)
     by_run = {int(r): frame for r, frame in labels.groupby("run", sort=False)}
+    dims = [str(d) for d in dimensions]
+    missing = [d for d in dims if d not in labels]
+    if missing:
+        raise DataError(f"the label table has no {missing} column(s)", where="labelled_items",
+                        fix="add them with monai_emotion.data.dimensions.add_dimensions")
     items: list[dict] = []
     for info in runs:
         frame = by_run.get(int(info.run))
@@ -83,11 +93,13 @@ def labelled_items(
                    frame["movie_time"].astype(float).tolist(), frame["label_time"].astype(float).tolist()]
         if soft:
             columns.append(frame[[f"soft_{c}" for c in classes]].astype(float).to_numpy().tolist())
+        columns += [frame[d].astype(float).tolist() for d in dims]
         for values in zip(*columns, strict=True):
             item = {"image": info.path, "frame": int(values[0]), "label": values[1], "label_name": str(values[2]),
                     "subject": info.subject, "run": info.run, "movie_time": values[3], "label_time": values[4]}
             if soft:
                 item["soft"] = values[5]
+            item.update(zip(dims, values[len(values) - len(dims):], strict=True))
             items.append(item)
     return items
 

@@ -26,7 +26,7 @@ from monai_emotion.data.studyforrest import ALIGNED_SHAPE, ALIGNED_VOXEL_MM, TR
 
 __all__ = ["Grid", "NoiseParams", "SubjectModel", "Blobs", "DTYPES", "make_grid", "brain_mask",
            "blob_field", "pattern_blobs", "pattern_values", "pattern_set", "subject_model",
-           "run_chunks", "run_header", "write_run"]
+           "run_chunks", "run_header", "write_run", "join_extra"]
 
 #: MNI coordinate (mm) of the grid centre: the real slab is centred on auditory cortex
 GRID_CENTRE_MM = (0.0, -18.0, 8.0)
@@ -251,6 +251,17 @@ def run_chunks(model: SubjectModel, signal: np.ndarray, noise: NoiseParams, rng:
         pct += np.float32(1.0)
         pct *= model.baseline
         yield pct
+
+
+def join_extra(*parts: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(time courses (n, E), maps (E, V))`` responses of :func:`run_chunks` joined into one (None: none)."""
+    given = [p for p in parts if p is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        return given[0]
+    return (np.concatenate([np.asarray(c, dtype=np.float32) for c, _ in given], axis=1),
+            np.concatenate([np.asarray(m, dtype=np.float32) for _, m in given]))
 
 
 def run_header(grid: Grid, n_volumes: int, slope: float | None, qform_code: int,

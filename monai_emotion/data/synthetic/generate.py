@@ -116,6 +116,7 @@ def make_synthetic(
     class_concentration: float | None = None,
     dtype: str | Mapping[str, str] | None = None,
     absent_subjects: Sequence[str | int] | None = None,
+    dimension_strength: float = 0.0,
 ) -> dict:
     """Write a synthetic studyforrest-shaped dataset with a planted emotion signal.
 
@@ -200,6 +201,11 @@ def make_synthetic(
     absent_subjects
         Subjects listed in ``participants.tsv`` with an empty folder but no runs (none /
         ``["10"]`` when all 19 real subjects are made, as in ds000113).
+    dimension_strength
+        Peak percent signal change of a planted valence and an arousal pattern, each scaled by
+        the true per-second valence/arousal (``timeline.AFFECT_MEANS`` of the episode's class,
+        times its amplitude) and the HRF; 0 (default) plants none and leaves every voxel as
+        before. Ground truth: ``dimension_patterns.nii.gz``, ``true_dimensions.tsv``.
 
     Returns
     -------
@@ -255,13 +261,16 @@ def make_synthetic(
     raw_dir.mkdir(parents=True)
     if annotations_dir is not None:
         timeline = st.timeline_from_annotations(annotations_dir, observers)
-        for path in find_observer_files(annotations_dir, observers):
+        for path in find_observer_files(annotations_dir, "all"):
             shutil.copyfile(path, raw_dir / path.name)
     else:
         # a run that is not written may be shorter than the minimum: its region need not hold every class
         timeline = st.plan_timeline([max(n, st.MIN_VOLUMES) for n in shortest], sl.rng(seed, "timeline"),
                                     concentration=world.class_concentration)
         st.write_observers(st.simulate_observers(timeline, observers, sl.rng(seed, "observers")), raw_dir)
+        # the other set too, as ds000113 ships both: the study's observer-set sensitivity reads it
+        other = "ao" if observers == "av" else "av"
+        st.write_observers(st.simulate_observers(timeline, other, sl.rng(seed, f"observers-{other}")), raw_dir)
     params = dict(seed=int(seed), subjects=subs, space=space, scale=int(scale), volumes_per_run=lengths,
                   runs=run_ids, null=bool(null), observers=observers,
                   annotations_dir=os.fspath(annotations_dir) if annotations_dir is not None else None,
@@ -269,7 +278,8 @@ def make_synthetic(
                   class_shared=dict(zip(CLASSES, shared.tolist(), strict=True)),
                   noise={**vars(noise), "noise_sd": float(noise_sd), "noise_sd_at_scale": noise.noise_sd},
                   short_runs=[[s, r, n] for (s, r), n in sorted(shorts.items())], preset=preset,
-                  absent_subjects=absent)
+                  absent_subjects=absent, **({"dimension_strength": float(dimension_strength)}
+                                             if dimension_strength else {}))
     sl.write_bids_metadata(out, subs, space, int(seed), absent)
     # written now so that an interrupted generation can be overwritten; completed at the end
     sl.write_json(gt / "generation.json", {**params, "complete": False})
@@ -289,6 +299,11 @@ def make_synthetic(
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), grid.affine), paths["mask"])
     sl.save_volumes(paths["group_patterns"], mask, group, grid)
     sound = audio_map = None
+    if dimension_strength < 0:
+        raise ConfigError(f"dimension_strength must be >= 0, got {dimension_strength}", fix="use 0 (off) or e.g. 1.0")
+    dim_maps = sb.pattern_set(sl.rng(seed, "dimensions"), grid, mask, 2) if dimension_strength > 0 else None
+    if dim_maps is not None:
+        paths["dimension_patterns"] = sl.save_volumes(gt / "dimension_patterns.nii.gz", mask, dim_maps, grid)
     if world.stimulus_strength > 0:
         sound = ss.soundtrack(sl.rng(seed, "stimulus"))
         audio_map = ss.auditory_map(grid, mask)
@@ -312,7 +327,10 @@ def make_synthetic(
                                                          grid)
         if draw.keep is not None:
             nib.save(nib.Nifti1Image(draw.coverage.astype(np.uint8), grid.affine), gt / f"sub-{sub}_brain_mask.nii.gz")
-        audio = None
+        audio = dims = None
+        if dim_maps is not None:
+            dims = (_convolve(timeline.affect_course(amplitudes), hrf) * dimension_strength * (0.0 if null else 1.0),
+                    dim_maps if draw.keep is None else dim_maps[:, draw.keep])
         if sound is not None:
             response = world.stimulus_strength * ss.stimulus_response(sound["drive"].to_numpy(), hrf)
             audio = (response, audio_map[None] if draw.keep is None else audio_map[None, draw.keep])
@@ -333,6 +351,7 @@ def make_synthetic(
             path = bold_path(out, sub, run, space)
             header = sb.run_header(grid, n, slopes[sub], _QFORM_CODE[space], draw.dtype)
             extra = None if audio is None else (audio[0][mid, None], audio[1])
+            extra = sb.join_extra(extra, None if dims is None else (dims[0][mid], dims[1]))
             blocks = sb.run_chunks(model, bold[mid], noise, sl.rng(seed, "run", sub, run), extra=extra)
             effects = sr.draw_run(int(seed), sub, run, n, world, draw.run_intensity[run])
             if spiky or effects.factor != 1.0:
@@ -351,6 +370,10 @@ def make_synthetic(
             scores[sub] = scorer.result()
     episodes.to_csv(paths["episodes"], sep="\t", index=False)
     _true_classes(timeline, volumes, run_ids).to_csv(paths["true_classes"], sep="\t", index=False)
+    if dim_maps is not None:
+        paths["true_dimensions"] = gt / "true_dimensions.tsv"
+        longest = {r: max(v[r] for v in volumes.values()) for r in run_ids}
+        st.true_dimensions(timeline, longest, TRUTH_LAG).to_csv(paths["true_dimensions"], sep="\t", index=False)
     dtypes = {s: w["dtype"] for s, w in subject_world.items()}
     sl.write_json(paths["generation"], {
         **params, "complete": True, "version": __version__, "classes": list(CLASSES), "grid_shape": list(grid.shape),

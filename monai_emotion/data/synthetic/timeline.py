@@ -20,7 +20,7 @@ import pandas as pd
 
 from monai_emotion.data.annotations import Episode, read_observers, write_observer_file
 from monai_emotion.data.labels import CLASSES, NONE, label_volumes, load_emotion_map
-from monai_emotion.data.studyforrest import MOVIE_END, SEGMENT_STARTS, TR
+from monai_emotion.data.studyforrest import MOVIE_END, SEGMENT_STARTS, TR, volume_movie_times
 from monai_emotion.errors import ConfigError
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "simulate_observers",
     "write_observers",
     "MIN_VOLUMES",
+    "AFFECT_MEANS",
+    "true_dimensions",
 ]
 
 #: token counts over the 9 real AV observer files: drives which token an observer writes
@@ -50,6 +52,9 @@ OFFCUES: dict[str, int] = {"SCENEEND": 1988, "EMOCHANGE": 1196, "CHARLEFT": 1076
 #: P(HIGH arousal), P(POS valence), P(OTHER direction) of an episode of each class
 _AFFECT = {"HAPPINESS": (0.4, 0.95, 0.5), "SADNESS": (0.3, 0.05, 0.4), "FEAR": (0.65, 0.05, 0.35),
            "LOVE": (0.25, 0.95, 0.8), "ANGER": (0.6, 0.05, 0.75)}
+#: true (valence, arousal) of an episode of each class, ``(K, 2)``: what its observers report on
+#: average, P(POS) - P(NEG) and P(HIGH) - P(LOW) (the planted dimension signal's ground truth)
+AFFECT_MEANS = np.array([[2 * _AFFECT[c][1] - 1, 2 * _AFFECT[c][0] - 1] for c in CLASSES])
 
 MIN_EPISODE = 6  # s: three label times survive the worst jitter (see _observer_rows)
 MIN_GAP = 3  # s: a neighbour's jitter (<= 3 s) cannot reach into the next episode
@@ -93,6 +98,19 @@ class Timeline:
         ep = self.second[on]
         cls = np.array([e.cls for e in self.episodes], dtype=int)
         out[np.nonzero(on)[0], cls[ep]] = amplitudes[ep]
+        return out
+
+    def affect_course(self, amplitudes: np.ndarray | None = None) -> np.ndarray:
+        """Per-second true ``(valence, arousal)`` of the covering episode (0 outside): ``(T, 2)``.
+
+        Each episode's values are :data:`AFFECT_MEANS` of its class, times its amplitude if given.
+        """
+        out = np.zeros((self.second.size, 2), dtype=np.float32)
+        on = self.second >= 0
+        ep = self.second[on]
+        cls = np.array([e.cls for e in self.episodes], dtype=int)
+        scale = np.ones(len(self.episodes)) if amplitudes is None else np.asarray(amplitudes, dtype=float)
+        out[on] = AFFECT_MEANS[cls[ep]] * scale[ep, None]
         return out
 
     @classmethod
@@ -358,6 +376,35 @@ def simulate_observers(timeline: Timeline, observers: str, rng: np.random.Genera
             rows[o].append(ep_row)
     prefix = "ao1o" if audio_only else "av1o"
     return {f"{prefix}{o + 1:02d}": sorted(r, key=lambda e: (e.start, e.end)) for o, r in enumerate(rows)}
+
+
+def true_dimensions(timeline: Timeline, run_volumes: Mapping[int, int], lag: float) -> pd.DataFrame:
+    """Ground truth of the dimensions per volume: the true valence/arousal at each label time.
+
+    Parameters
+    ----------
+    timeline
+        The hidden timeline.
+    run_volumes
+        ``{run: n_volumes}`` (the longest version over subjects).
+    lag
+        The lag of the label time (``generate.TRUTH_LAG``, the label rule's default).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``run, volume, label_time, true_valence, true_arousal`` (what ``true_dimensions.tsv`` holds).
+    """
+    course = timeline.affect_course()
+    rows = []
+    for run, n in sorted(run_volumes.items()):
+        label_time = volume_movie_times(run, n) + TR / 2 - lag
+        idx = np.floor(label_time).astype(int)
+        ok = (idx >= 0) & (idx < len(course))
+        values = np.where(ok[:, None], course[np.clip(idx, 0, len(course) - 1)], 0.0)
+        rows.append(pd.DataFrame({"run": run, "volume": np.arange(n), "label_time": label_time,
+                                  "true_valence": values[:, 0], "true_arousal": values[:, 1]}))
+    return pd.concat(rows, ignore_index=True)
 
 
 def write_observers(files: Mapping[str, Sequence[Episode]], folder: str | os.PathLike) -> list[Path]:
