@@ -35,16 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from monai_emotion.errors import ConfigError
+from monai_emotion.interpret import DEFAULT_METHOD, METHODS, VOLUMES
 
 __all__ = ["METHODS", "VOLUMES", "DEFAULT_METHOD", "SaliencySettings", "SaliencySums", "make_attributor",
            "attribute_batches"]
 
-#: the attribution methods (``interpret#method``)
-METHODS: tuple[str, ...] = ("gradcam", "occlusion", "integrated_gradients")
-#: which held-out volumes feed the maps (``interpret#volumes``)
-VOLUMES: tuple[str, ...] = ("correct", "all")
-#: chosen from the measurements of docs/saliency.md
-DEFAULT_METHOD = "integrated_gradients"
 
 Attributor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -34,6 +34,7 @@ from monai_emotion.study.settings import (
     PeerSettings,
     PermutationSettings,
     RuntimeSettings,
+    SaliencySettings,
     SplitSettings,
     StatisticsSettings,
     TrainingSettings,
@@ -58,7 +59,7 @@ class Study:
     bundle
         Bundle root holding ``configs/train.json`` and ``configs/evaluate.json``.
     data, labels, subjects, preprocessing, network, training, runtime, splits, experiments, leaky,
-    baseline, permutations, figures, bundle_overrides, statistics, peers
+    baseline, permutations, figures, bundle_overrides, statistics, peers, saliency
         The sections of the study file (``network`` and ``bundle_overrides`` are open: keywords
         of the bundle's ``network_def`` and any other bundle override).
     """
@@ -82,6 +83,7 @@ class Study:
     bundle_overrides: Mapping[str, Any]
     statistics: StatisticsSettings = StatisticsSettings()
     peers: PeerSettings = PeerSettings()
+    saliency: SaliencySettings = SaliencySettings()
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON (what ``study.json`` in the results folder holds)."""
@@ -138,6 +140,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "figures": (_closed(FigureSettings, "figures"), {}),
     "statistics": (_closed(StatisticsSettings, "statistics"), {}),
     "peers": (PeerSettings.from_dict, {}),
+    "saliency": (_closed(SaliencySettings, "saliency"), {}),
     "bundle_overrides": (_open, {}),
 }
 

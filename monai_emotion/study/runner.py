@@ -344,6 +344,11 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
             pool.terminate()  # idle after get(); on an error or Ctrl-C it stops the worker too
     with timings.timed("outputs"):
         summary = build_outputs(ctx)
+    if study.saliency.enabled:  # optional stage: group saliency maps (monai_emotion/study/saliency.py)
+        from monai_emotion.study.saliency import group_saliency
+
+        with timings.timed("saliency"):
+            summary["saliency"] = group_saliency(ctx)
     summary["timings"] = {**timings, "total": round(time.perf_counter() - start, 2)}
     atomic_write_json(root / "summary.json", summary)
     write_report(summary, root)

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from monai_emotion.errors import ConfigError
+from monai_emotion.interpret import DEFAULT_METHOD, METHODS, VOLUMES
 
 __all__ = ["EXPERIMENTS", "PEERS", "BaselineSettings", "PeerSettings", "DataSettings", "FigureSettings", "LeakySettings",
-           "PermutationSettings", "RuntimeSettings", "SplitSettings", "StatisticsSettings", "TrainingSettings",
+           "PermutationSettings", "RuntimeSettings", "SaliencySettings", "SplitSettings", "StatisticsSettings", "TrainingSettings",
            "experiment_names", "plain", "text"]
 
 #: the experiments a study can run, in report order
@@ -299,6 +300,29 @@ class FigureSettings(_Section):
         self._set("embedding_model", text("embedding_model", self.embedding_model))
         self._set("tsne_perplexity", _number("tsne_perplexity", self.tsne_perplexity, positive=True))
         self._set("max_embedding_points", _integer("max_embedding_points", self.max_embedding_points, 1))
+
+
+@dataclass(frozen=True)
+class SaliencySettings(_Section):
+    """``saliency``: group saliency maps per emotion over the single-subject models
+    (monai_emotion/study/saliency.py); off by default (one saliency run per model)."""
+
+    enabled: bool = False
+    #: interpret#method of configs/saliency.json
+    method: str = DEFAULT_METHOD
+    #: interpret#volumes of the unpermuted models ("correct" or "all"); permuted models use all
+    volumes: str = "correct"
+    #: experiments whose models are mapped: each must see one subject (a group map averages subjects)
+    experiments: tuple[str, ...] = ("within",)
+
+    def __post_init__(self) -> None:
+        self._set("enabled", _flag("enabled", self.enabled))
+        self._set("method", _choice("method", self.method, METHODS))
+        self._set("volumes", _choice("volumes", self.volumes, VOLUMES))
+        self._set("experiments", experiment_names("experiments", self.experiments))
+        if "cross" in self.experiments or "unseen" in self.experiments:
+            raise ConfigError("saliency.experiments: group maps average single-subject models",
+                              fix="use 'within' and/or 'leaky'")
 
 
 #: the peer decoders a study can run (their decoder names in ``results.csv``)
