@@ -149,13 +149,15 @@ def _time_to_source(shape: tuple[int, int, int]) -> float:
 def markdown(results: dict[str, Any], methods: list[str]) -> str:
     """The tables of docs/saliency.md."""
     lines = ["| world | method | r_abs true model (per emotion H/S/F/L/A) | mean | r_abs permuted model | "
-             "r_signed true | volumes explained | s / volume |", "|---|---|---|---|---|---|---|---|"]
+             "r_signed true | test accuracy true / permuted | volumes explained | s / volume |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for world, res in results["worlds"].items():
         for m in methods:
             t, p = res["models"]["true"]["methods"][m], res["models"]["permuted"]["methods"][m]
             per = "/".join("-" if v is None else f"{v:.2f}" for v in t["r_abs"].values())
             lines.append(f"| {world} | {m} | {per} | **{t['r_abs_mean']:.3f}** | {p['r_abs_mean']:.3f} | "
-                         f"{t['r_signed_mean']:.3f} | {t['n_explained']} of {t['n_split']} | "
+                         f"{t['r_signed_mean']:.3f} | {t['n_correct'] / t['n_split']:.2f} / "
+                         f"{p['n_correct'] / p['n_split']:.2f} | {t['n_explained']} of {t['n_split']} | "
                          f"{t['seconds_per_volume']:.4f} |")
     full = results.get("full_size")
     if full:

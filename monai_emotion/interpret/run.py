@@ -124,12 +124,12 @@ def run_saliency(
     ckpt_dir
         The model folder.
     interpret
-        The config's ``interpret`` section: ``split``, ``output_dir``, ``figures`` and the
-        :class:`~monai_emotion.interpret.saliency.SaliencySettings` keys.
+        The config's ``interpret`` section: ``split``, ``output_dir``, ``figures``, ``progress``
+        and the :class:`~monai_emotion.interpret.saliency.SaliencySettings` keys.
     device
         Where the network runs.
     progress
-        Show a progress bar.
+        Show a progress bar (and only if ``interpret["progress"]`` is not false).
 
     Returns
     -------
@@ -140,6 +140,7 @@ def run_saliency(
     split = str(interpret.get("split", "test"))
     items = list(experiment[split])
     out = Path(interpret["output_dir"])
+    progress = progress and bool(interpret.get("progress", True))
     sums = attribute_batches(network, dataloader, experiment["classes"], settings, device, progress, len(items))
     record = write_maps(sums, ckpt_dir, out, _sources(items), experiment.get("dataset_dir"),
                         bool(interpret.get("figures", True)))

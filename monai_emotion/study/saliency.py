@@ -58,7 +58,8 @@ def model_maps(ctx: StudyContext, spec: ModelSpec, volumes: str) -> Path | None:
     run_workflow(config_files(ctx.study, "train.json", "saliency.json"),
                  {**ctx.base, **test_overrides(spec, test), "output_dir": str(model / "train"),
                   "ckpt_dir": str(model / "ckpt"), "interpret#output_dir": str(folder),
-                  "interpret#method": settings.method, "interpret#volumes": volumes, "interpret#figures": False},
+                  "interpret#method": settings.method, "interpret#volumes": volumes, "interpret#figures": False,
+                  "interpret#progress": False},
                  model / "saliency.log")
     return folder
 
@@ -213,7 +214,8 @@ def saliency_markdown(summary: Mapping[str, Any] | None) -> list[str]:
              f"Method `{summary['method']}`, models of {', '.join(summary['experiments'])} "
              f"({summary['n_models']}), subjects {', '.join(summary.get('subjects', []))}; "
              f"**{summary['kind']}**. Files in `saliency/` (docs/saliency.md).", "",
-             "| emotion | map | r(|map|, |planted|) | same, permuted models | voxels p_FWE <= alpha |",
+             "| emotion | map | r of abs map with abs planted group contrast | same, permuted models | "
+             "voxels with p_FWE <= alpha |",
              "|---|---|---|---|---|"]
 
     def num(v: Any) -> str:
