@@ -41,6 +41,9 @@ __all__ = ["METHODS", "VOLUMES", "DEFAULT_METHOD", "SaliencySettings", "Saliency
            "attribute_batches"]
 
 
+#: keys of the config's ``interpret`` section that belong to the run, not to the method
+RUN_KEYS: tuple[str, ...] = ("split", "output_dir", "figures", "progress")
+
 Attributor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -89,9 +92,13 @@ class SaliencySettings:
             raise ConfigError(f"interpret#max_volumes={self.max_volumes!r} must be >= 1 or null", where=where)
 
     @classmethod
-    def from_dict(cls, given: Mapping[str, Any]) -> SaliencySettings:
-        """Settings from the config's ``interpret`` mapping; keys that are not settings are ignored."""
-        names = cls.__dataclass_fields__
+    def from_dict(cls, given: Mapping[str, Any], others: Sequence[str] = RUN_KEYS) -> SaliencySettings:
+        """Settings from the config's ``interpret`` mapping; a key neither a setting nor in ``others`` is an error."""
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(given) - names - set(others))
+        if unknown:
+            raise ConfigError(f"unknown interpret key(s) {unknown}", where="config 'interpret'",
+                              fix=f"use only {sorted(names | set(others))}")
         return cls(**{k: v for k, v in dict(given).items() if k in names})
 
 
