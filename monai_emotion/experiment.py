@@ -18,6 +18,7 @@ from monai_emotion.data.cache.spec import PreprocessingSpec
 from monai_emotion.data.datalist import class_counts, make_datalist
 from monai_emotion.data.labels import LabelRule, circular_shift_labels
 from monai_emotion.data.splits import (
+    default_gap,
     leaky_random_split,
     split_by_runs,
     split_by_subjects,
@@ -33,7 +34,7 @@ from monai_emotion.data.synthetic.demo import ensure_demo_dataset
 from monai_emotion.errors import ConfigError, LayoutError
 from monai_emotion.runtime import barrier, is_rank0, user_cache_dir
 
-__all__ = ["DATA_KEYS", "check_data_keys", "default_cache_dir", "make_splits", "prepare_experiment"]
+__all__ = ["DATA_KEYS", "check_data_keys", "default_cache_dir", "make_splits", "prepare_experiment", "resolved_gap"]
 
 #: names configs written for monai-emotion 0.1.0 reach through this module; they live elsewhere now
 _MOVED = {
@@ -56,11 +57,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_splits(items: Sequence[dict], split: Mapping[str, Any]) -> dict[str, list[dict]]:
+def resolved_gap(split: Mapping[str, Any], lag: float | None = None) -> float:
+    """The split's ``gap`` in seconds; ``null`` or absent: lag + HRF (:func:`~monai_emotion.data.splits.default_gap`).
+
+    ``lag`` is the label rule's (its default when not given), since the gap must cover it.
+    """
+    gap = split.get("gap")
+    if gap is None:
+        return default_gap(LabelRule().lag if lag is None else float(lag))
+    return float(gap)
+
+
+def make_splits(items: Sequence[dict], split: Mapping[str, Any], lag: float | None = None) -> dict[str, list[dict]]:
     """Apply a split spec from the config.
 
-    ``{"kind": "runs", "validate_runs": [...], "test_runs": [...], "gap": 0}``: held-out runs
-    (within-subject, or cross-subject when several subjects are given).
+    ``{"kind": "runs", "validate_runs": [...], "test_runs": [...], "gap": null}``: held-out runs
+    (within-subject, or cross-subject when several subjects are given). ``gap`` widens the
+    held-out runs' movie windows in label time (:func:`resolved_gap`; ``null``: lag + 16 s).
     ``{"kind": "subjects", "test_subjects": [...], "validate_runs": [...], "test_runs": [...]}``:
     unseen subjects; their ``test_runs`` are also held out of training (no movie moment seen),
     unless ``test_runs`` is null (then the report must say the stimulus was seen).
@@ -68,7 +81,7 @@ def make_splits(items: Sequence[dict], split: Mapping[str, Any]) -> dict[str, li
     (warns; for the leaky comparison only).
     """
     kind = split.get("kind", "runs")
-    gap = float(split.get("gap", 0.0))
+    gap = resolved_gap(split, lag)
     if kind == "runs":
         val_runs, test_runs = list(split.get("validate_runs") or []), list(split.get("test_runs") or [])
         if set(val_runs) & set(test_runs):
@@ -193,8 +206,10 @@ def prepare_experiment(
         table = circular_shift_labels(table, int(label_permutation))
     datalist = make_datalist(found, table)
     # split before caching: a split that cannot work fails in seconds, not after hours
-    parts = make_splits(datalist["items"],
-                        split or {"kind": "runs", "validate_runs": [7], "test_runs": [8]})
+    split = dict(split or {"kind": "runs", "validate_runs": [7], "test_runs": [8]})
+    if split.get("kind", "runs") != "leaky_random":
+        split["gap"] = resolved_gap(split, rule.lag)  # recorded as used
+    parts = make_splits(datalist["items"], split, rule.lag)
     if not parts["train"]:
         raise ConfigError("the split leaves no training items", fix="hold out fewer runs or subjects")
     index = prepare_cache(dataset_dir, cache_dir, spec, space=space, subjects=found.subjects, runs=runs,
@@ -219,6 +234,7 @@ def prepare_experiment(
         "space": space,
         "label_rule": rule,
         "preprocessing": spec,
+        "split": split,
     }
 
 

@@ -171,8 +171,11 @@ def _val_metrics(folder: Path) -> dict:
 def test_resume_equals_uninterrupted_run(tiny, tmp_path, capsys, monkeypatch):
     whole, split = tmp_path / "whole", tmp_path / "split"
 
+    # augmentation on: its random draws must be the same after a resume
+    recipe = {"augment": 0.5}
+
     def train(root: Path, epochs: int, **extra: str) -> None:
-        overrides = {**tiny["overrides"], "epochs": epochs, "bundle_root": str(root), **extra}
+        overrides = {**tiny["overrides"], **recipe, "epochs": epochs, "bundle_root": str(root), **extra}
         _run("training", TRAIN, overrides, tmp_path, monkeypatch)
 
     train(whole, 4)

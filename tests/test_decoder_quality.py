@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from monai_emotion.engine.handlers import EarlyStopping, MetricsJSONWriter, balanced_class_weights
+from monai_emotion.engine.handlers import MetricsJSONWriter
+from monai_emotion.engine.recipe import EarlyStopping, LrSchedule, balanced_class_weights
 from monai_emotion.experiment import prepare_experiment
 from monai_emotion.metrics import classification_report_from_confusion, confusion_from_labels
 from monai_emotion.study.features import DataViews
@@ -69,6 +71,20 @@ def test_balanced_class_weights_and_early_stopping():
         validator.state.epoch, validator.state.metrics["val"], trainer.state.epoch = epoch, value, epoch
         stop(trainer)
     assert trainer.stopped and stop.best == 0.4
+
+
+def test_cosine_schedule_is_pytorchs_and_depends_on_the_epoch_only():
+    """The rate of an epoch is a function of the epoch number, so a resumed run gets the same rates."""
+    net = torch.nn.Linear(2, 2)
+    ours, theirs = (torch.optim.SGD(net.parameters(), lr=0.1) for _ in range(2))
+    schedule, reference = LrSchedule("cosine", ours, 6), torch.optim.lr_scheduler.CosineAnnealingLR(theirs, T_max=6)
+    for epoch in range(1, 7):
+        schedule(SimpleNamespace(state=SimpleNamespace(epoch=epoch)))
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"])
+        theirs.step(), reference.step()
+    fresh = torch.optim.SGD(net.parameters(), lr=0.1)  # a resumed process: a new schedule, epoch 4 first
+    LrSchedule("cosine", fresh, 6)(SimpleNamespace(state=SimpleNamespace(epoch=4)))
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + np.cos(np.pi * 3 / 6)) / 2)
 
 
 def _peer_fit(experiment: dict) -> np.ndarray:

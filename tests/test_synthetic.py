@@ -76,6 +76,9 @@ def test_observer_files_look_like_the_real_ones(planted):
     raw = planted[0] / "annotations" / "raw"
     files = sorted(raw.glob("av1o*.csv"))
     assert [f.name for f in files] == [f"av1o{i:02d}.csv" for i in range(1, 10)]
+    audio_only = sorted(raw.glob("ao1o*.csv"))  # the other set, written as ds000113 ships both
+    assert [f.name for f in audio_only] == [f"ao1o{i:02d}.csv" for i in range(1, 4)]
+    assert [read_observer_file(f) for f in audio_only] and audio_only[0].read_text() != files[0].read_text()
     assert files[0].read_text().splitlines()[0] == (
         "start,end,character,arousal,valence,direction,emotion,oncue,offcue")
     episodes = [read_observer_file(f) for f in files]  # validates every row
@@ -175,7 +178,8 @@ def test_real_annotations_drive_the_timeline(real_annotations, tmp_path):
     summary = make_synthetic(tmp_path / "real", subjects=1, runs=[4], annotations_dir=real_annotations,
                              oracle=False, seed=0, **TINY)
     copied = sorted(p.name for p in (tmp_path / "real/annotations/raw").iterdir())
-    assert copied == [f"av1o{i:02d}.csv" for i in range(1, 10)]
+    # both observer sets, as ds000113 ships them (the study's observer-set sensitivity reads the other)
+    assert copied == [f"ao1o{i:02d}.csv" for i in range(1, 4)] + [f"av1o{i:02d}.csv" for i in range(1, 10)]
     truth = pd.read_csv(summary["ground_truth"]["true_classes"], sep="\t")
     # the generator follows the annotations' timeline; the default rule also NONEs the labels read
     # before the run's own segment (at the lag), which the timeline knows nothing of

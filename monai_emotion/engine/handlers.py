@@ -39,7 +39,7 @@ from monai_emotion.metrics import (
 
 __all__ = [
     "SCALAR_METRICS", "subjects_from_batch", "ClassificationMetric", "ClassificationTensorBoardHandler",
-    "MetricsJSONWriter", "EarlyStopping", "LrSchedule", "balanced_class_weights", "class_weights",
+    "MetricsJSONWriter",
 ]  # fmt: skip
 
 #: whole-set scalars a ClassificationMetric can return; per class: "recall:FEAR", "f1:0", ...
@@ -360,90 +360,3 @@ class MetricsJSONWriter(_ReportHandler):
                        "fewer epochs or early stopping; check the runs for outlier volumes")
             logging.getLogger("monai_emotion").warning(message)
             warnings.warn(message, UserWarning, stacklevel=2)
-
-
-def balanced_class_weights(items: Sequence[Mapping[str, Any]], num_classes: int) -> list[float]:
-    """Inverse-frequency class weights of the training items, mean 1 (scikit-learn's ``"balanced"``).
-
-    A class absent from training gets weight 0 (it cannot be learned, and must not divide by 0).
-    """
-    counts = np.bincount([int(i["label"]) for i in items if int(i["label"]) >= 0], minlength=num_classes)
-    present = counts > 0
-    weights = np.zeros(num_classes)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
-    return weights.tolist()
-
-
-def class_weights(setting: Any, items: Sequence[Mapping[str, Any]], num_classes: int, device: Any = None) -> Any:
-    """The loss's ``weight`` from a config's ``class_weights``: ``None``, ``"balanced"`` or a list."""
-    if setting is None:
-        return None
-    if isinstance(setting, str):
-        if setting != "balanced":
-            raise ConfigError(f"class_weights={setting!r}", where="config 'class_weights'",
-                              fix="use null, 'balanced' or one weight per class")
-        setting = balanced_class_weights(items, num_classes)
-    if len(setting) != num_classes:
-        raise ConfigError(f"{len(setting)} class weights for {num_classes} classes", where="config 'class_weights'",
-                          fix="give one weight per class, or 'balanced'")
-    return torch.tensor([float(w) for w in setting], dtype=torch.float32, device=device)
-
-
-class EarlyStopping:
-    """Stop training when validation ``metric_name`` has not improved for ``patience`` evaluations.
-
-    Attached to the trainer after its ``ValidationHandler`` (listed after it in
-    ``train#handlers``), it reads the validator's metric at each epoch that ran a validation.
-    ``patience=None`` does nothing, so configs keep it listed and turn it on by one key. The
-    best checkpoint is kept by ``BestModelSaver`` in any case.
-    """
-
-    def __init__(self, patience: int | None, validator: Engine, metric_name: str, min_delta: float = 0.0) -> None:
-        if patience is not None and (isinstance(patience, bool) or int(patience) < 1):
-            raise ConfigError(f"early_stopping={patience!r} must be an integer >= 1 or null",
-                              where="config 'early_stopping'")
-        self.patience = None if patience is None else int(patience)
-        self.validator = validator
-        self.metric_name = metric_name
-        self.min_delta = float(min_delta)
-        self.best = -math.inf
-        self.waited = 0
-        self._seen = None
-
-    def attach(self, engine: Engine) -> None:
-        if self.patience is not None:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        state = self.validator.state
-        if state is None or state.epoch == self._seen or self.metric_name not in state.metrics:
-            return  # no validation this epoch
-        self._seen = state.epoch
-        value = float(state.metrics[self.metric_name])
-        if value > self.best + self.min_delta:
-            self.best, self.waited = value, 0
-            return
-        self.waited += 1
-        if self.waited >= self.patience:
-            logging.getLogger("monai_emotion").info(
-                f"early stopping at epoch {engine.state.epoch}: {self.metric_name} has not improved on "
-                f"{self.best:.4f} for {self.patience} validations")
-            engine.terminate()
-
-
-class LrSchedule:
-    """An epoch-level learning-rate schedule by name: ``None`` (constant) or ``"cosine"`` (to 0 over ``epochs``)."""
-
-    SCHEDULES = (None, "cosine")
-
-    def __init__(self, schedule: str | None, optimizer: torch.optim.Optimizer, epochs: int) -> None:
-        if schedule not in self.SCHEDULES:
-            raise ConfigError(f"lr_schedule={schedule!r}", where="config 'lr_schedule'",
-                              fix=f"use one of {list(self.SCHEDULES)}")
-        self.scheduler = None
-        if schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(epochs)))
-
-    def attach(self, engine: Engine) -> None:
-        if self.scheduler is not None:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.scheduler.step())

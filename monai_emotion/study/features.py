@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from monai_emotion.data.cache import censored_frames
 from monai_emotion.data.datalist import labelled_items
 from monai_emotion.data.labels import LabelRule, circular_shift_labels
 from monai_emotion.errors import DataError
+from monai_emotion.fileio import read_json
 
 __all__ = ["CachedRun", "VolumeTable", "FeatureStore", "DataViews", "select_subjects"]
 
@@ -129,6 +131,8 @@ class FeatureStore:
         for m in maps:
             used |= np.asarray(m[: min(10, m.shape[0])], dtype=np.float32).reshape(-1, used.size).std(axis=0) > 0
         self.columns = np.flatnonzero(used)
+        self.shape = tuple(int(n) for n in maps[0].shape[1:])
+        self._affine: np.ndarray | None = None
         lengths = np.array([m.shape[0] for m in maps])
         self.offsets = dict(zip(self.paths, np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist(), strict=True))
         self._maps = dict(zip(self.paths, maps, strict=True))
@@ -137,6 +141,14 @@ class FeatureStore:
         if self.in_ram:
             self._data = np.concatenate(
                 [np.asarray(m, dtype=np.float32).reshape(m.shape[0], -1)[:, self.columns] for m in maps])
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The grid's voxel-to-world affine, from the first run's cache sidecar (read once)."""
+        if self._affine is None:
+            meta = read_json(Path(self.paths[0]).with_suffix(".json")) or {}
+            self._affine = np.asarray(meta["affine"], dtype=float)
+        return self._affine
 
     @property
     def n_features(self) -> int:

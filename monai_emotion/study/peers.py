@@ -18,24 +18,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from monai_emotion.fileio import read_json
 from monai_emotion.study.baseline import model_items, prediction_table
 from monai_emotion.study.features import DataViews, FeatureStore
 from monai_emotion.study.plan import ModelSpec
 from monai_emotion.study.settings import PEERS, PeerSettings
 
 __all__ = ["PEERS", "PeerSettings", "NilearnPeer"]
-
-def _grid_of(path: str) -> tuple[tuple[int, ...], np.ndarray]:
-    meta = read_json(Path(path).with_suffix(".json")) or {}
-    return tuple(int(s) for s in meta["shape"][1:]), np.asarray(meta["affine"], dtype=float)
-
 
 class NilearnPeer:
     """``nilearn.decoding.Decoder`` per model spec, on the study's cached frames.
@@ -60,18 +53,16 @@ class NilearnPeer:
     def _images(self, store: FeatureStore, items: Sequence[dict]) -> Any:
         import nibabel as nib
 
-        shape, affine = _grid_of(items[0]["image"])
-        flat = np.zeros((len(items), int(np.prod(shape))), dtype=np.float32)
+        flat = np.zeros((len(items), int(np.prod(store.shape))), dtype=np.float32)
         flat[:, store.columns] = store.matrix(items)
-        return nib.Nifti1Image(np.moveaxis(flat.reshape(len(items), *shape), 0, -1), affine)
+        return nib.Nifti1Image(np.moveaxis(flat.reshape(len(items), *store.shape), 0, -1), store.affine)
 
     def _mask(self, store: FeatureStore, items: Sequence[dict]) -> Any:
         import nibabel as nib
 
-        shape, affine = _grid_of(items[0]["image"])
-        mask = np.zeros(int(np.prod(shape)), dtype=np.uint8)
+        mask = np.zeros(int(np.prod(store.shape)), dtype=np.uint8)
         mask[store.columns] = 1
-        return nib.Nifti1Image(mask.reshape(shape), affine)
+        return nib.Nifti1Image(mask.reshape(store.shape), store.affine)
 
     def decoder(self, store: FeatureStore, items: Sequence[dict]) -> Any:
         """The unfitted nilearn ``Decoder`` (inner CV: leave one training run out)."""

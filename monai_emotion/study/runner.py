@@ -75,6 +75,21 @@ def _cnn_permutation_specs(ctx: StudyContext) -> list[ModelSpec]:
             for s in ctx.plan.models if s.experiment in perms.cnn_experiments]
 
 
+def _settings_changed(record: Path, settings: dict, log: Callable[[str], None], name: str) -> bool:
+    """Whether ``record`` holds other settings than ``settings`` (then logged); records them in any case.
+
+    A stage's stored results are valid only for the settings that made them: the caller
+    discards them when this returns True.
+    """
+    digest = json_digest(settings, length=16)
+    changed = record.is_file() and (read_json(record) or {}).get("digest") != digest
+    if changed:
+        log(f"  {name}: settings changed since the stored results; they are recomputed")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, {"digest": digest, "settings": settings})
+    return changed
+
+
 class _Linear:
     """The linear baseline's stage: its models and permutations, resumable."""
 
@@ -95,18 +110,13 @@ class _Linear:
 
     def check_settings(self) -> None:
         """Discard stored linear results made with other baseline or data settings."""
-        study, record = self.ctx.study, self.ctx.root / "models" / "linear.json"
+        study, models = self.ctx.study, self.ctx.root / "models"
         settings = {"baseline": study.baseline.to_dict(), "data": {k: self.ctx.base.get(k) for k in _LINEAR_DATA_KEYS},
                     "leaky": study.leaky.to_dict(), "splits": study.splits.to_dict()}
-        digest = json_digest(settings, length=16)
-        if record.is_file() and (read_json(record) or {}).get("digest") != digest:
-            self.ctx.log("  linear: settings changed since the stored results; they are recomputed")
-            shutil.rmtree(self.folder, ignore_errors=True)
-            for other in ("linear_av", "linear_ao"):
-                shutil.rmtree(self.ctx.root / "models" / other, ignore_errors=True)
+        if _settings_changed(models / "linear.json", settings, self.ctx.log, "linear"):
+            for folder in (self.folder, models / "linear_av", models / "linear_ao"):
+                shutil.rmtree(folder, ignore_errors=True)
             self.null_path.unlink(missing_ok=True)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(record, {"digest": digest, "settings": settings})
 
     def done(self, spec: ModelSpec) -> bool:
         return all((self.folder / spec.id / t.name / "predictions.csv").is_file() for t in spec.test_sets)
@@ -199,14 +209,9 @@ class _Peers:
         study = self.ctx.study
         settings = {"peers": self.settings.to_dict(), "data": {k: self.ctx.base.get(k) for k in _LINEAR_DATA_KEYS},
                     "splits": study.splits.to_dict(), "leaky": study.leaky.to_dict()}
-        digest = json_digest(settings, length=16)
         for decoder in self.settings.decoders:
-            record = self.ctx.root / "models" / f"{decoder}.json"
-            if record.is_file() and (read_json(record) or {}).get("digest") != digest:
-                self.ctx.log(f"  {decoder}: settings changed since the stored results; they are recomputed")
+            if _settings_changed(self.ctx.root / "models" / f"{decoder}.json", settings, self.ctx.log, decoder):
                 shutil.rmtree(self.folder(decoder), ignore_errors=True)
-            record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(record, {"digest": digest, "settings": settings})
 
     def todo(self, only: list[str] | None, force: bool) -> bool:
         return any(force or not self.done(d, s) for d in self.settings.decoders for s in self.specs(only))

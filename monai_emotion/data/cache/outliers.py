@@ -172,7 +172,7 @@ def find_outliers(
     flags = np.zeros(n, dtype=bool)
     step, skip = relative_dvars(data, columns)
     if dvars_threshold is not None:
-        flags |= _flag(step.copy(), skip, float(dvars_threshold))
+        flags |= _flag(step, skip, float(dvars_threshold))
     fd = None
     if motion is not None:
         motion = np.asarray(motion, dtype=float)
@@ -181,7 +181,7 @@ def find_outliers(
             skip_fd = np.full(n, np.inf)
             if n >= 3:
                 skip_fd[1:-1] = _displacement(motion[:-2], motion[2:], _rotation_columns(motion), HEAD_RADIUS_MM)
-            flags |= _flag(fd.copy(), skip_fd, float(fd_threshold))
+            flags |= _flag(fd, skip_fd, float(fd_threshold))
     return OutlierReport(tuple(int(v) for v in np.flatnonzero(flags)), step, fd,
                          None if dvars_threshold is None else float(dvars_threshold),
                          None if fd_threshold is None else float(fd_threshold))
