@@ -138,8 +138,10 @@ def degeneracy(cm: Any, class_names: Sequence[str] | None = None,
         ``entropy`` (of the predicted-class distribution, in bits) and ``entropy_ratio`` (over
         its maximum, log2 K: 1 = every class predicted equally often, 0 = one class),
         ``majority_share`` (the largest true class's share), ``flagged`` and ``reasons``: a
-        model is flagged when ``top_class_share > collapse_share`` or its accuracy is below
-        ``majority_share`` (always answering the largest class would do better).
+        model is flagged when ``top_class_share > collapse_share``, or when always answering
+        the largest class beats it on both accuracy (``majority_share``) and balanced accuracy
+        (``1/K``). Accuracy below the majority share alone is not a flag: class weighting
+        trades accuracy for balanced accuracy by design.
     """
     cm = np.asarray(cm, dtype=np.int64)
     k = cm.shape[0]
@@ -158,8 +160,13 @@ def degeneracy(cm: Any, class_names: Sequence[str] | None = None,
     if predicted[top] > collapse_share:
         reasons.append(f"{predicted[top]:.0%} of the volumes predicted {names[top]} "
                        f"(more than {collapse_share:.0%}: collapsed)")
-    if accuracy < majority:
-        reasons.append(f"accuracy {accuracy:.3f} below the majority-class share {majority:.3f}")
+    support = cm.sum(axis=1)
+    balanced = float(np.mean(np.diag(cm)[support > 0] / support[support > 0]))
+    # dominated by the rule "always answer the largest class" (accuracy = majority share,
+    # balanced accuracy = 1/K): below it on accuracy alone is what class weighting trades for
+    if accuracy < majority and balanced <= 1.0 / k:
+        reasons.append(f"accuracy {accuracy:.3f} below the majority-class share {majority:.3f} and balanced "
+                       f"accuracy {balanced:.3f} at or below 1/K: always answering the largest class does better")
     return {"top_class": names[top], "top_class_share": float(predicted[top]), "entropy": entropy,
             "entropy_ratio": entropy / math.log2(k) if k > 1 else 0.0, "majority_share": majority,
             "flagged": bool(reasons), "reasons": reasons}

@@ -13,7 +13,11 @@ import torch
 from monai_emotion.engine.handlers import MetricsJSONWriter
 from monai_emotion.engine.recipe import EarlyStopping, LrSchedule, balanced_class_weights
 from monai_emotion.experiment import prepare_experiment
-from monai_emotion.metrics import classification_report_from_confusion, confusion_from_labels
+from monai_emotion.metrics import (
+    classification_report_from_confusion,
+    confusion_from_labels,
+    degeneracy,
+)
 from monai_emotion.study.features import DataViews
 from monai_emotion.study.peers import NilearnPeer, PeerSettings
 from monai_emotion.study.plan import ModelSpec
@@ -58,6 +62,14 @@ def test_constant_prediction_is_flagged_in_metrics_json(tmp_path):
     assert saved["degeneracy"]["flagged"] and "collapsed" in saved["degeneracy"]["reasons"][0]
     good = classification_report_from_confusion(confusion_from_labels(true, true, 5))
     assert not good["degeneracy"]["flagged"] and good["degeneracy"]["entropy_ratio"] == pytest.approx(1.0)
+
+
+def test_below_majority_share_is_flagged_only_when_the_majority_rule_dominates():
+    # 75 % of the volumes are class 0; a class-weighted model gets the minority classes right
+    weighted = np.array([[45, 15, 15], [0, 12, 1], [0, 1, 11]])  # accuracy 0.68 < 0.75, balanced 0.81
+    worse = np.array([[20, 20, 20], [10, 5, 5], [10, 5, 5]])  # accuracy 0.30 < 0.60, balanced 0.28 < 1/3
+    assert degeneracy(weighted)["majority_share"] == 0.75 and not degeneracy(weighted)["flagged"]
+    assert degeneracy(worse)["flagged"] and "largest class" in degeneracy(worse)["reasons"][0]
 
 
 def test_balanced_class_weights_and_early_stopping():

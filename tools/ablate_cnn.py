@@ -26,6 +26,7 @@ VARIANTS: dict[str, dict] = {
     "balanced+wd": {"class_weights": "balanced", "weight_decay": 0.05},
     "balanced+dropout": {"class_weights": "balanced", "network_def#dropout": 0.5},
     "balanced+augment": {"class_weights": "balanced", "augment": 0.5},
+    "balanced+seed1": {"class_weights": "balanced", "seed": 1},  # seed-to-seed noise
     "balanced+augment+seed1": {"class_weights": "balanced", "augment": 0.5, "seed": 1},  # seed-to-seed noise
     "balanced+augment+fullres": {"class_weights": "balanced", "augment": 0.5, "data#preprocessing#downsample": 1},
     "balanced+cosine": {"class_weights": "balanced", "lr_schedule": "cosine"},
