@@ -219,7 +219,9 @@ def test_study_writes_every_output(planted_study):
     report = (out / "report.md").read_text()
     assert report.count("![") == 8 and "LEAKY" in report
     results = pd.read_csv(out / "results.csv", dtype={"subject": str})
-    assert {"cnn", "linear", "nilearn"} == set(results["decoder"])  # the nilearn peer runs by default
+    # by default: the nilearn peer, and the linear models refitted on the audio-only observers' labels
+    assert {"cnn", "linear", "linear_ao", "nilearn"} == set(results["decoder"])
+    assert "| linear_ao |" in report
     assert set(results["experiment"]) == {"within", "cross", "unseen", "leaky"}
     assert {"heldout", "unseen_heldout", "unseen_all_runs", "seen_heldout", "leaky_random"} == set(results["test_set"])
     overall = results[(results["emotion"] == "ALL") & (results["subject"] == MEAN) & (results["decoder"] == "linear")]
@@ -231,8 +233,8 @@ def test_study_writes_every_output(planted_study):
     assert list((model / "train").glob("events.out.tfevents*")) and (model / "ckpt" / "model.pt").is_file()
     assert (model / "eval" / "heldout" / "predictions.csv").is_file()
     done = {decoder: n for decoder, n in summary["models_done"].items() if n}
-    assert done == {"cnn": summary["models_planned"], "linear": summary["models_planned"],
-                    "nilearn": summary["models_planned"]}
+    assert set(done) == {"cnn", "linear", "linear_ao", "nilearn"} and done["linear_ao"] > 0
+    assert done["cnn"] == done["linear"] == done["nilearn"] == summary["models_planned"]
 
 
 def test_rerun_skips_finished_models_and_only_selects(planted_study):

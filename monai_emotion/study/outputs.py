@@ -24,6 +24,7 @@ from monai_emotion.study.context import StudyContext
 from monai_emotion.study.embedding import embed_2d, feature_silhouette, penultimate_features
 from monai_emotion.study.history import epoch_curves
 from monai_emotion.study.permutation import permutation_seeds, read_null
+from monai_emotion.study.plan import ModelSpec
 from monai_emotion.study.results import flagged_models, headline, read_predictions, tidy_results
 from monai_emotion.study.scoring import MEAN, POOLED, unit_scores
 
@@ -157,7 +158,14 @@ def _embedding(ctx: StudyContext, figures: Path) -> dict[str, Any] | None:
     settings = ctx.study.figures
     wanted = settings.embedding_model
     candidates = [m for m in ctx.plan.models if (m.id == wanted if wanted else m.experiment in ("cross", "within"))]
-    candidates.sort(key=lambda m: m.experiment != "cross")
+    seeds = permutation_seeds(ctx.study.permutations.first_seed, ctx.study.permutations.cnn)
+
+    def permuted_twin(spec: ModelSpec) -> ModelSpec | None:
+        return next((spec.permuted(s) for s in seeds if ctx.cnn.done(spec.permuted(s))), None)
+
+    # the cross-subject model first (the seed's analysis), but one whose label-permuted twin was
+    # trained before any without: the permuted silhouette is what the emotion one is read against
+    candidates.sort(key=lambda m: (permuted_twin(m) is None, m.experiment != "cross"))
     spec = next((m for m in candidates if ctx.cnn.done(m)), None)
     if spec is None:
         return None
@@ -175,9 +183,7 @@ def _embedding(ctx: StudyContext, figures: Path) -> dict[str, Any] | None:
     # subject (what else the model may encode), and a label-permuted model's features by emotion
     references = {"silhouette_by_run": feature_silhouette(features, [i["run"] for i in items]),
                   "silhouette_by_subject": feature_silhouette(features, [i["subject"] for i in items])}
-    permuted = next((spec.permuted(seed) for seed in permutation_seeds(ctx.study.permutations.first_seed,
-                                                                        ctx.study.permutations.cnn)
-                     if ctx.cnn.done(spec.permuted(seed))), None)
+    permuted = permuted_twin(spec)
     if permuted is not None:
         with captured(ctx.root / "logs" / "embedding.log"):
             null_features, null_items = penultimate_features(ctx.study, ctx.base, permuted, test,
