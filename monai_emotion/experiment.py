@@ -108,7 +108,7 @@ def make_splits(items: Sequence[dict], split: Mapping[str, Any], lag: float | No
 
 #: the keys of a bundle config's ``data`` section (anything else is a typo or a moved key)
 DATA_KEYS = ("space", "subjects", "runs", "labels", "preprocessing", "split", "demo",
-             "label_permutation", "cache_shard")
+             "label_permutation", "cache_shard", "alignment")
 _MOVED_KEYS = {"observers": "data#labels#observers", "threshold": "data#labels#threshold",
                "lag": "data#labels#lag", "preprocessing#shard": "data#cache_shard"}
 
@@ -141,6 +141,7 @@ def prepare_experiment(
     demo: Mapping[str, Any] | None = None,
     label_permutation: int | None = None,
     cache_shard: Sequence[int] | None = None,
+    alignment: Mapping[str, Any] | None = None,
     progress: bool = True,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
@@ -163,6 +164,9 @@ def prepare_experiment(
         The :class:`~monai_emotion.data.cache.spec.PreprocessingSpec` (or its dict).
     cache_shard
         ``(rank, world_size)`` under DDP: each rank caches its share of the runs.
+    alignment
+        ``data#alignment`` (:class:`~monai_emotion.align.stage.AlignmentSpec`): functional
+        alignment into a reference subject's space, as an aligned cache derived from this one.
 
     Returns
     -------
@@ -172,6 +176,7 @@ def prepare_experiment(
         ``annotations_dir``, ``cache_dir``, ``problems`` (missing/short runs), ``space``,
         ``label_rule`` and ``preprocessing`` (the typed specs as used).
     """
+    from monai_emotion.align.stage import align_cache, check_alignment
     from monai_emotion.data.cache import attach_cache, prepare_cache
 
     if data_keys is not None:
@@ -210,10 +215,13 @@ def prepare_experiment(
     if split.get("kind", "runs") != "leaky_random":
         split["gap"] = resolved_gap(split, rule.lag)  # recorded as used
     parts = make_splits(datalist["items"], split, rule.lag)
+    check_alignment(alignment, split, sorted({r.run for r in found.runs}))
     if not parts["train"]:
         raise ConfigError("the split leaves no training items", fix="hold out fewer runs or subjects")
     index = prepare_cache(dataset_dir, cache_dir, spec, space=space, subjects=found.subjects, runs=runs,
                           shard=tuple(cache_shard) if cache_shard else None, progress=progress)
+    index, aligned = align_cache(index, alignment, split, resolved_gap(split, rule.lag), lambda ref: prepare_cache(
+        dataset_dir, cache_dir, spec, space=space, subjects=[ref], runs=runs, progress=progress))
     parts = {name: attach_cache(part, index) for name, part in parts.items()}
     if not parts["train"]:
         raise ConfigError("every training item sits on a censored outlier volume",
@@ -235,6 +243,7 @@ def prepare_experiment(
         "label_rule": rule,
         "preprocessing": spec,
         "split": split,
+        "alignment": aligned,
     }
 
 

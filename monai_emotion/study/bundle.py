@@ -23,6 +23,7 @@ from typing import Any
 
 from monai_emotion.errors import ConfigError
 from monai_emotion.fileio import atomic_write_json, read_json
+from monai_emotion.study.alignment import alignment_overrides
 from monai_emotion.study.config import Study
 from monai_emotion.study.plan import ModelSpec, TestSet
 
@@ -215,7 +216,8 @@ class CNNRunner:
         return self.root / spec.id
 
     def _digest(self, spec: ModelSpec) -> str:
-        return spec.digest({"base": self.base, "bundle": str(self.study.bundle)})
+        aligned = alignment_overrides(self.study.alignment, spec)  # {} unaligned: old digests hold
+        return spec.digest({"base": self.base, "bundle": str(self.study.bundle), **aligned})
 
     def done(self, spec: ModelSpec) -> bool:
         """Whether ``spec``'s results exist and were made with the same settings."""
@@ -236,7 +238,8 @@ class CNNRunner:
         for stale in Path(dirs["ckpt_dir"]).glob("*.pt"):
             stale.unlink()  # the bundle resumes nothing unless told, but model.pt must be this run's
         start = time.perf_counter()
-        run_workflow(config_files(self.study, "train.json"), {**self.base, **model_overrides(spec), **dirs},
+        aligned = alignment_overrides(self.study.alignment, spec)
+        run_workflow(config_files(self.study, "train.json"), {**self.base, **model_overrides(spec), **aligned, **dirs},
                      folder / "train.log")
         train_s = time.perf_counter() - start
         if not (folder / "ckpt" / "model.pt").is_file():
@@ -247,7 +250,7 @@ class CNNRunner:
             t0 = time.perf_counter()
             eval_dir = folder / "eval" / test.name
             run_workflow(config_files(self.study, "train.json", "evaluate.json"),
-                         {**self.base, **test_overrides(spec, test), **dirs, "eval_dir": str(eval_dir)},
+                         {**self.base, **test_overrides(spec, test), **aligned, **dirs, "eval_dir": str(eval_dir)},
                          folder / "eval.log")
             evals[test.name] = time.perf_counter() - t0
         record = {"id": spec.id, "digest": self._digest(spec), "train_seconds": round(train_s, 2),

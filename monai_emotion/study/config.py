@@ -25,6 +25,7 @@ from monai_emotion.data.labels import LabelRule
 from monai_emotion.data.studyforrest import normalize_subject
 from monai_emotion.errors import ConfigError, MonaiEmotionError
 from monai_emotion.fileio import load_json
+from monai_emotion.study.alignment import AlignmentSettings
 from monai_emotion.study.settings import (
     EXPERIMENTS,
     BaselineSettings,
@@ -59,7 +60,7 @@ class Study:
     bundle
         Bundle root holding ``configs/train.json`` and ``configs/evaluate.json``.
     data, labels, subjects, preprocessing, network, training, runtime, splits, experiments, leaky,
-    baseline, permutations, figures, bundle_overrides, statistics, peers, saliency
+    baseline, permutations, figures, bundle_overrides, statistics, peers, saliency, alignment
         The sections of the study file (``network`` and ``bundle_overrides`` are open: keywords
         of the bundle's ``network_def`` and any other bundle override).
     """
@@ -84,6 +85,7 @@ class Study:
     statistics: StatisticsSettings = StatisticsSettings()
     peers: PeerSettings = PeerSettings()
     saliency: SaliencySettings = SaliencySettings()
+    alignment: AlignmentSettings = AlignmentSettings()
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON (what ``study.json`` in the results folder holds)."""
@@ -141,6 +143,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "statistics": (_closed(StatisticsSettings, "statistics"), {}),
     "peers": (PeerSettings.from_dict, {}),
     "saliency": (_closed(SaliencySettings, "saliency"), {}),
+    "alignment": (_closed(AlignmentSettings, "alignment"), {}),
     "bundle_overrides": (_open, {}),
 }
 

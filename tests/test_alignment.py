@@ -1,0 +1,149 @@
+"""Functional alignment: piecewise Procrustes, the aligned cache, the bundle stage, protocol hygiene."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from monai_emotion.align import (
+    AlignmentSpec,
+    PiecewiseProcrustes,
+    align_cache,
+    fit_runs_for,
+    parcellate,
+)
+from monai_emotion.data.cache import prepare_cache
+from monai_emotion.data.cache.index import CacheIndex
+from monai_emotion.data.synthetic import make_synthetic
+from monai_emotion.errors import ConfigError, find_user_error
+from monai_emotion.study.alignment import AlignmentSettings, alignment_overrides
+from monai_emotion.study.plan import ModelSpec
+
+SPLIT = {"kind": "subjects", "test_subjects": ["03"], "test_runs": [4, 8], "validate_runs": [3, 7]}
+PROCRUSTES = {"method": "procrustes", "parcel_voxels": 60}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small realistic world (3 subjects, 40 volumes per run) and its group-grid cache."""
+    root = tmp_path_factory.mktemp("aligned")
+    make_synthetic(root / "data", subjects=3, preset="realistic", scale=6, volumes_per_run=40, seed=0,
+                   progress=False)
+    index = prepare_cache(root / "data", root / "cache", {"downsample": 2, "mask_strategy": "group"}, progress=False)
+    return root, index
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over voxels of the time correlation of ``a`` and ``b`` (``(T, ...)``)."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float(((a * b).sum(0) / np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))).mean())
+
+
+def test_planted_displacement_is_undone_on_unseen_frames():
+    """A subject whose responses sit one voxel over: aligned, it correlates better with the reference."""
+    rng = np.random.default_rng(0)
+    shape = (12, 12, 6)
+    signal = ndimage.gaussian_filter(rng.standard_normal((240, *shape)), (0, 0.8, 0.8, 0.8))
+    signal /= signal.std()
+    reference = signal + 0.3 * rng.standard_normal(signal.shape)
+    subject = np.roll(signal, 1, axis=1) + 0.3 * rng.standard_normal(signal.shape)
+    parcels = parcellate(np.ones(shape, bool), 48, "grid")
+    fitted = PiecewiseProcrustes.fit(parcels.gather(subject[:160]), parcels.gather(reference[:160]), parcels)
+    before = _correlation(subject[160:], reference[160:])
+    after = _correlation(fitted.transform(subject[160:]), reference[160:])
+    assert after > before + 0.1, (before, after)
+    # orthogonal per parcel, and it survives a save/load round trip
+    rot = fitted.rotations[0]
+    np.testing.assert_allclose(rot @ rot.T, np.eye(len(rot)), atol=1e-4)
+    again = PiecewiseProcrustes.from_arrays(fitted.to_arrays())
+    np.testing.assert_array_equal(again.transform(subject[160:]), fitted.transform(subject[160:]))
+
+
+def test_fit_runs_default_and_refusal():
+    assert fit_runs_for(AlignmentSpec("procrustes"), SPLIT, range(1, 9)) == (1, 2, 5, 6)
+    with pytest.raises(ConfigError) as caught:
+        fit_runs_for(AlignmentSpec("procrustes", fit_runs=(1, 4, 8)), SPLIT, range(1, 9))
+    assert "[4, 8]" in caught.value.what and "fit_runs" in str(caught.value.fix)
+    with pytest.raises(ConfigError):
+        fit_runs_for(AlignmentSpec("procrustes"), {"kind": "leaky_random"}, range(1, 9))
+    with pytest.raises(ConfigError):
+        AlignmentSpec.from_dict({"method": "procrustes", "fitruns": [1]})
+
+
+def test_test_runs_never_reach_the_transforms(world, tmp_path):
+    """Noise written into copies of the test runs after fitting leaves every transform as it was."""
+    root, index = world
+    aligned, record = align_cache(index, PROCRUSTES, SPLIT, gap=20.0)
+    assert record["reference"] == "01" and record["fit_runs"] == [1, 2, 5, 6]
+    assert sorted(record["transforms"]) == ["02", "03"]
+    corrupt = tmp_path / "cache"
+    shutil.copytree(index.root, corrupt, ignore=shutil.ignore_patterns("aligned"))
+    rng = np.random.default_rng(1)
+    for subject, run in index:
+        if run in SPLIT["test_runs"]:
+            frames = np.load(corrupt / f"sub-{subject}_run-{run:02d}.npy", mmap_mode="r+")
+            frames[:] = rng.standard_normal(frames.shape).astype(frames.dtype)
+            frames.flush()
+    _, again = align_cache(CacheIndex.load(corrupt), PROCRUSTES, SPLIT, gap=20.0)
+    assert again["digest"] == record["digest"]
+    for subject, path in record["transforms"].items():
+        with np.load(path) as first, np.load(again["transforms"][subject]) as second:
+            np.testing.assert_array_equal(first["rotations"], second["rotations"])
+    # the aligned test runs themselves do change: the noise went through the transforms
+    a = aligned["02", 4].open()
+    b = CacheIndex.load(again["folder"])["02", 4].open()
+    assert not np.array_equal(a, b)
+
+
+def test_aligned_cache_is_reused_and_keeps_the_grid(world):
+    root, index = world
+    aligned, record = align_cache(index, PROCRUSTES, SPLIT, gap=20.0)
+    before = {k: (v.path, v.shape) for k, v in aligned.items()}
+    again, second = align_cache(index, PROCRUSTES, SPLIT, gap=20.0)
+    assert {k: (v.path, v.shape) for k, v in again.items()} == before
+    assert second["fits"] == record["fits"]  # transforms read back, not refitted
+    for key, entry in aligned.items():
+        assert entry.shape == index[key].shape
+    assert aligned["01", 1].path == index["01", 1].path  # the reference is its own space
+    assert align_cache(index, {"method": "none"}, SPLIT, gap=20.0) == (index, None)
+
+
+def test_bundle_trains_with_alignment_and_records_it(world, tmp_path):
+    """A tiny unseen-subject training with data#alignment procrustes, through train.json."""
+    from monai_emotion.study.bundle import run_workflow
+    from monai_emotion.study.config import default_bundle
+
+    root, index = world
+    out = tmp_path / "run"
+    overrides = {"bundle_root": str(default_bundle()), "dataset_dir": str(root / "data"),
+                 "annotations_dir": str(root / "data" / "annotations"), "cache_dir": index.root,
+                 "output_dir": str(out / "train"), "ckpt_dir": str(out / "ckpt"), "epochs": 1,
+                 "data#preprocessing": {"downsample": 2}, "data#split": SPLIT, "data#alignment": PROCRUSTES}
+    configs = [str(default_bundle() / "configs" / "train.json")]
+    run_workflow(configs, overrides, tmp_path / "train.log")
+    versions = json.loads((out / "train" / "versions.json").read_text())
+    recorded = versions["data"]["alignment"]
+    assert recorded["method"] == "procrustes" and recorded["fit_runs"] == [1, 2, 5, 6]
+    assert all(np.load(p)["rotations"].size for p in recorded["transforms"].values())
+    assert (out / "ckpt" / "model.pt").is_file()
+    with pytest.raises(Exception) as caught:  # MONAI wraps the config error
+        run_workflow(configs, {**overrides, "data#alignment": {**PROCRUSTES, "fit_runs": [1, 4]}})
+    error = find_user_error(caught.value)
+    assert isinstance(error, ConfigError) and "test runs of the split" in error.what
+
+
+def test_study_key_reaches_only_multi_subject_models():
+    settings = AlignmentSettings(method="procrustes")
+    unseen = ModelSpec("unseen/fold-0", "unseen", ("01", "02", "03"), SPLIT, 4.0, "0", ())
+    within = ModelSpec("within/sub-01/fold-0", "within", ("01",), {"kind": "runs", "test_runs": [4, 8]}, 4.0, "0", ())
+    data = alignment_overrides(settings, unseen)["data#alignment"]
+    assert data["reference"] == "01" and data["fit_runs"] == [1, 2, 5, 6]
+    assert alignment_overrides(settings, within) == {}
+    assert alignment_overrides(AlignmentSettings(), unseen) == {}
+    with pytest.raises(ConfigError):
+        AlignmentSettings(method="hyper")
