@@ -30,6 +30,7 @@ from monai_emotion.study.settings import (
     EXPERIMENTS,
     BaselineSettings,
     DataSettings,
+    DimensionSettings,
     FigureSettings,
     LeakySettings,
     PeerSettings,
@@ -60,7 +61,7 @@ class Study:
     bundle
         Bundle root holding ``configs/train.json`` and ``configs/evaluate.json``.
     data, labels, subjects, preprocessing, network, training, runtime, splits, experiments, leaky,
-    baseline, permutations, figures, bundle_overrides, statistics, peers, saliency, alignment
+    baseline, permutations, figures, bundle_overrides, statistics, peers, saliency, alignment, dimensions
         The sections of the study file (``network`` and ``bundle_overrides`` are open: keywords
         of the bundle's ``network_def`` and any other bundle override).
     """
@@ -86,6 +87,7 @@ class Study:
     peers: PeerSettings = PeerSettings()
     saliency: SaliencySettings = SaliencySettings()
     alignment: AlignmentSettings = AlignmentSettings()
+    dimensions: DimensionSettings = DimensionSettings()
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON (what ``study.json`` in the results folder holds)."""
@@ -144,6 +146,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "peers": (PeerSettings.from_dict, {}),
     "saliency": (_closed(SaliencySettings, "saliency"), {}),
     "alignment": (_closed(AlignmentSettings, "alignment"), {}),
+    "dimensions": (_closed(DimensionSettings, "dimensions"), {}),
     "bundle_overrides": (_open, {}),
 }
 

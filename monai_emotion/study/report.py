@@ -214,9 +214,11 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
             "'decoded' well above 1/5 (its own chance interval, mean over subjects: CNN "
             f"{_chance(leaky('cnn'))}; linear {_chance(leaky('linear'))}): its chance level is not 20 %.")
     # the optional saliency stage's section
+    from monai_emotion.study.dimensions import dimensions_markdown
     from monai_emotion.study.saliency import saliency_markdown
 
     lines += saliency_markdown(summary.get("saliency"))
+    lines += dimensions_markdown(summary.get("dimensions"))  # the optional valence/arousal stage
     timings = summary.get("timings")
     lines += ["## Files", "", "`results.csv` (one row per model x test set x emotion, plus per-subject/POOLED/MEAN "
               "rows with chance intervals), `summary.json`, `models/cnn/<model>/` (bundle output: TensorBoard "

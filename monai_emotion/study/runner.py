@@ -22,6 +22,7 @@ from monai_emotion.fileio import atomic_write_json, json_digest, read_json
 from monai_emotion.study.baseline import LinearBaseline
 from monai_emotion.study.config import load_study
 from monai_emotion.study.context import StudyContext, prepare_context, resolve_data
+from monai_emotion.study.dimensions import DimensionStage, dimension_outputs
 from monai_emotion.study.outputs import build_outputs
 from monai_emotion.study.permutation import (
     LinearPermutations,
@@ -261,6 +262,9 @@ def _baseline_stage(config: str, root: str, tokens: list[str] | None, force: boo
     if study.peers.enabled:
         with timings.timed("peers"):
             _Peers(ctx).run(tokens, force)
+    if study.dimensions.enabled:  # valence/arousal ridge (monai_emotion/study/dimensions.py)
+        with timings.timed("dimensions"):
+            DimensionStage(ctx).run(tokens, force)
     with timings.timed("linear_permutations"):
         ran = linear.run_permutations(tokens)
     if not ran:
@@ -308,15 +312,18 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
     with timings.timed("prepare"):
         ctx = prepare_context(study, root, log)
     log(ctx.describe())
-    linear, peers = _Linear(ctx), _Peers(ctx)
-    enabled = study.baseline.enabled or study.peers.enabled
+    linear, peers, dimensions = _Linear(ctx), _Peers(ctx), DimensionStage(ctx)
+    enabled = study.baseline.enabled or study.peers.enabled or study.dimensions.enabled
     if study.baseline.enabled:
         linear.check_settings()
     if study.peers.enabled:
         peers.check_settings()
+    if study.dimensions.enabled:
+        dimensions.check_settings(_settings_changed, {k: ctx.base.get(k) for k in _LINEAR_DATA_KEYS})
     baseline_args = (str(study.source), str(root), tokens, force)
     pool, worker = None, None
-    todo = (study.baseline.enabled and linear.todo(tokens, force)) or (study.peers.enabled and peers.todo(tokens, force))
+    todo = ((study.baseline.enabled and linear.todo(tokens, force)) or (study.peers.enabled and peers.todo(tokens, force))
+            or dimensions.todo(tokens, force))
     if enabled and not todo:
         log("linear baseline and peers: every selected model and permutation already done")
     elif enabled and study.runtime.parallel_baseline:
@@ -349,6 +356,9 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
             pool.terminate()  # idle after get(); on an error or Ctrl-C it stops the worker too
     with timings.timed("outputs"):
         summary = build_outputs(ctx)
+        summary["dimensions"] = dimension_outputs(ctx)
+        if (summary["dimensions"] or {}).get("figure"):
+            summary["figures"]["fig9"] = summary["dimensions"]["figure"]
     if study.saliency.enabled:  # optional stage: group saliency maps (monai_emotion/study/saliency.py)
         from monai_emotion.study.saliency import group_saliency
 

@@ -19,7 +19,8 @@ from typing import Any
 from monai_emotion.errors import ConfigError
 from monai_emotion.interpret import DEFAULT_METHOD, METHODS, VOLUMES
 
-__all__ = ["EXPERIMENTS", "PEERS", "BaselineSettings", "PeerSettings", "DataSettings", "FigureSettings", "LeakySettings",
+__all__ = ["EXPERIMENTS", "PEERS", "BaselineSettings", "PeerSettings", "DataSettings", "DimensionSettings",
+           "FigureSettings", "LeakySettings",
            "PermutationSettings", "RuntimeSettings", "SaliencySettings", "SplitSettings", "StatisticsSettings", "TrainingSettings",
            "experiment_names", "plain", "text"]
 
@@ -323,6 +324,30 @@ class SaliencySettings(_Section):
         if "cross" in self.experiments or "unseen" in self.experiments:
             raise ConfigError("saliency.experiments: group maps average single-subject models",
                               fix="use 'within' and/or 'leaky'")
+
+
+@dataclass(frozen=True)
+class DimensionSettings(_Section):
+    """``dimensions``: valence/arousal from a ridge on the linear baseline's features, scored with
+    circular-shift chance (monai_emotion/study/dimensions.py, docs/dimensions.md); off by default."""
+
+    enabled: bool = False
+    #: ridge penalty per voxel (the fit's alpha is this times the number of features)
+    alpha: float = 1.0
+    #: circular shifts of the held-out targets per chance test (at least 19 to reach p <= 0.05)
+    shifts: int = 1000
+    #: experiments whose unpermuted models get a ridge fit
+    experiments: tuple[str, ...] = ("within", "cross")
+    names: tuple[str, ...] = ("valence", "arousal")
+
+    def __post_init__(self) -> None:
+        from monai_emotion.data.dimensions import check_dimensions
+
+        self._set("enabled", _flag("enabled", self.enabled))
+        self._set("alpha", _number("alpha", self.alpha, positive=True))
+        self._set("shifts", _integer("shifts", self.shifts, 0))
+        self._set("experiments", experiment_names("experiments", self.experiments))
+        self._set("names", check_dimensions(self.names, where="dimensions.names"))
 
 
 #: the peer decoders a study can run (their decoder names in ``results.csv``)
