@@ -4,8 +4,9 @@ Training writes, beside ``model.pt``:
 
 ``contract.json``
     the image space, the source grid (shape and affine), the crop box and downsampling, the
-    preprocessing spec, the label rule, the class names, the stored grid and the network's
-    full definition (``_target_`` and arguments);
+    preprocessing spec, the label rule, the class names, the stored grid, the network's
+    full definition (``_target_`` and arguments) and the temporal context (volumes per
+    sample, as channels; contracts written before it read as 1);
 ``mask.nii.gz``
     the training mask on the source grid.
 
@@ -75,6 +76,8 @@ class Contract:
     trained_on: Mapping[str, Any]
     package_version: str = __version__
     format_version: int = CONTRACT_VERSION
+    #: consecutive volumes per sample (:func:`~monai_emotion.data.context.context_frames`)
+    temporal_context: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +94,8 @@ def _unwrap(network: Any) -> Any:
     return getattr(network, "module", network)  # DistributedDataParallel keeps the model in .module
 
 
-def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], network: Any) -> Path:
+def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], network: Any,
+                  temporal_context: int | None = None) -> Path:
     """Write ``contract.json`` and ``mask.nii.gz`` into ``ckpt_dir`` (rank 0 only under DDP).
 
     Parameters
@@ -103,11 +107,14 @@ def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], ne
     network
         The network being trained, built by :func:`~monai_emotion.networks.build_network`
         (which records its definition).
+    temporal_context
+        The config's ``temporal_context`` (default: the network's ``in_channels``).
 
     Raises
     ------
     ConfigError
-        The network carries no definition, or the experiment's runs do not share one grid.
+        The network carries no definition, its input channels are not the temporal context,
+        or the experiment's runs do not share one grid.
     """
     from monai_emotion.runtime import is_rank0
 
@@ -120,6 +127,7 @@ def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], ne
             fix="build it with _target_ monai_emotion.networks.build_network (name: a registered network "
             "or a dotted class path, then its keywords)",
         )
+    context = _temporal_context(definition, temporal_context)
     sidecars = _sidecars(experiment)
     first = sidecars[0]
     if not is_rank0():
@@ -143,8 +151,22 @@ def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], ne
         mask_sha256=file_sha256(folder / MASK_FILE),
         trained_on={"dataset_dir": str(experiment["dataset_dir"]),
                     "subjects": sorted({str(s["subject"]) for s in sidecars})},
+        temporal_context=context,
     )
     return atomic_write_json(folder / CONTRACT_FILE, contract.to_dict(), ConfigError)
+
+
+def _temporal_context(definition: Mapping[str, Any], given: int | None) -> int:
+    """The volumes per sample the model reads: the config's value, which must be its input channels."""
+    from monai_emotion.data.context import check_temporal_context
+
+    channels = int(definition.get("in_channels", 1))
+    context = check_temporal_context(channels if given is None else given)
+    if context != channels:
+        raise ConfigError(f"temporal_context {context} but the network takes {channels} input channel(s)",
+                          where="config 'network_def#in_channels'",
+                          fix="leave network_def#in_channels at '@temporal_context' (one channel per volume)")
+    return context
 
 
 def _sidecars(experiment: Mapping[str, Any]) -> list[dict[str, Any]]:

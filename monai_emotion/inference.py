@@ -70,7 +70,8 @@ def prepare_inference(
     -------
     dict
         ``items`` (one per volume, label -1), ``classes``, ``spatial_shape``, ``cache_dir``,
-        ``coverage`` (``{"sub-XX_run-YY": fraction}``).
+        ``coverage`` (``{"sub-XX_run-YY": fraction}``), ``temporal_context`` (the contract's
+        volumes per sample: the dataset builds the training's windows from it).
 
     Raises
     ------
@@ -130,4 +131,4 @@ def prepare_inference(
         atomic_write_json(Path(output_dir) / "coverage.json",
                           {"min_coverage": contract.preprocessing.get("min_coverage"), "runs": coverage})
     return {"items": items, "classes": list(contract.classes), "spatial_shape": list(contract.spatial_shape),
-            "cache_dir": str(cache), "coverage": coverage}
+            "cache_dir": str(cache), "coverage": coverage, "temporal_context": contract.temporal_context}

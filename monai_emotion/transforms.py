@@ -16,9 +16,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandAffined, RandGaussianNoised, RandScaleIntensityd
 
+from monai_emotion.data.context import check_temporal_context, context_frames
 from monai_emotion.errors import CacheError, DataError, ImageError
 
-__all__ = ["LoadCachedFramed", "LoadNiftiFramed", "augmentations"]
+__all__ = ["LoadCachedFramed", "LoadNiftiFramed", "augmentations", "check_temporal_context", "context_frames"]
 
 
 class _OpenFiles:
@@ -87,7 +88,7 @@ class _FrameLoader(MapTransform):
         return int(d[self.frame_key])
 
 
-def _open_cached(path: str) -> tuple[np.ndarray, torch.Tensor]:
+def _open_cached(path: str) -> tuple[np.ndarray, torch.Tensor, tuple[int, ...]]:
     sidecar = os.path.splitext(path)[0] + ".json"
     try:
         with open(sidecar, encoding="utf-8") as fh:
@@ -107,16 +108,19 @@ def _open_cached(path: str) -> tuple[np.ndarray, torch.Tensor]:
             path,
             fix="rerun prepare_cache",
         )
-    return frames, torch.as_tensor(np.asarray(meta["affine"], dtype=np.float64))
+    censored = tuple(int(v) for v in (meta.get("censoring") or {}).get("volumes", []))
+    return frames, torch.as_tensor(np.asarray(meta["affine"], dtype=np.float64)), censored
 
 
 class LoadCachedFramed(_FrameLoader):
-    """Load frame ``d[frame_key]`` of a cached run into a ``(1, X, Y, Z)`` :class:`MetaTensor`.
+    """Load frame ``d[frame_key]`` of a cached run into a ``(k, X, Y, Z)`` :class:`MetaTensor`.
 
     ``d[key]`` is a ``.npy`` written by :func:`~monai_emotion.data.cache.prepare_cache` (see
     :func:`~monai_emotion.data.cache.attach_cache`). The run is memory-mapped once per
     process (LRU of ``max_open`` runs) and frame t is one contiguous read; the tensor carries
     the cropped grid's affine. Works in any ``Compose``, with thread or process workers.
+    With ``context`` k > 1 the channels are the k consecutive volumes centred on t, taken
+    within the run by :func:`context_frames` (edges clamped, censored neighbours replaced).
 
     Parameters
     ----------
@@ -128,6 +132,8 @@ class LoadCachedFramed(_FrameLoader):
         Output dtype (``float32``; ``float16`` halves a RAM cache).
     max_open
         Runs kept mapped per process.
+    context
+        Consecutive volumes per sample (odd; 1: the label's volume alone).
     """
 
     def __init__(
@@ -137,9 +143,11 @@ class LoadCachedFramed(_FrameLoader):
         dtype: Any = np.float32,
         max_open: int = 64,
         allow_missing_keys: bool = False,
+        context: int = 1,
     ):
         super().__init__(keys, frame_key, dtype, max_open, allow_missing_keys)
         self._torch_dtype = torch.from_numpy(np.zeros(0, dtype=self.dtype)).dtype
+        self.context = check_temporal_context(context, where="LoadCachedFramed(context=...)")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -152,23 +160,27 @@ class LoadCachedFramed(_FrameLoader):
                     path,
                     fix="map items to the cache first (monai_emotion.data.cache.attach_cache), or use LoadNiftiFramed",
                 )
-            frames, affine = self._files.get(path, _open_cached)
+            frames, affine, censored = self._files.get(path, _open_cached)
             if not 0 <= t < frames.shape[0]:
                 raise DataError(
                     f"frame {t} is beyond the cached run's {frames.shape[0]} volumes: a run shorter than its labels",
                     path,
                     fix="rebuild the datalist from the run's real length",
                 )
-            tensor = torch.empty((1, *frames.shape[1:]), dtype=self._torch_dtype)
-            # one contiguous read out of the mapping, cast on the way (torch's float16 cast is
-            # several times faster than numpy's)
-            tensor[0].copy_(torch.from_numpy(frames[t]))
+            window = [t] if self.context == 1 else context_frames(t, self.context, frames.shape[0], censored).tolist()
+            tensor = torch.empty((len(window), *frames.shape[1:]), dtype=self._torch_dtype)
+            # one contiguous read out of the mapping per frame, cast on the way (torch's float16
+            # cast is several times faster than numpy's)
+            for channel, frame in enumerate(window):
+                tensor[channel].copy_(torch.from_numpy(frames[frame]))
             meta = {
                 "filename_or_obj": path,
                 "frame": t,
                 "original_channel_dim": "no_channel",
                 "spatial_shape": np.asarray(frames.shape[1:]),
             }
+            if self.context > 1:
+                meta["context_frames"] = window
             d[key] = MetaTensor(tensor, affine=affine.clone(), meta=meta)
         return d
 

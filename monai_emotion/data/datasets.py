@@ -81,6 +81,7 @@ def emotion_dataset(
     ram_dtype: str = "float16",
     progress: bool = False,
     track_meta: bool = True,
+    context: int = 1,
 ) -> Dataset:
     """Dataset of cached fMRI frames for training, validation or inference.
 
@@ -112,11 +113,15 @@ def emotion_dataset(
     track_meta
         ``False`` turns images into plain tensors at the end of the chain (the affine is then
         dropped); training is several times faster for small networks.
+    context
+        Consecutive volumes per sample, as channels, centred on the item's volume and never
+        leaving its run (odd; 1 = the volume alone; the rule:
+        :func:`~monai_emotion.data.context.context_frames`). A RAM cache holds k frames per item.
 
     Returns
     -------
     torch.utils.data.Dataset
-        Samples are the items with ``image`` a float32 ``(1, X, Y, Z)`` MetaTensor.
+        Samples are the items with ``image`` a float32 ``(context, X, Y, Z)`` MetaTensor.
     """
     data = [dict(item) for item in items]
     if cache is not None:
@@ -141,7 +146,7 @@ def emotion_dataset(
 
     in_ram = cache_rate > 0
     load_dtype = np.float16 if in_ram and ram_dtype == "float16" else np.float32
-    chain: list = [LoadCachedFramed(keys, frame_key=frame_key, dtype=load_dtype)]
+    chain: list = [LoadCachedFramed(keys, frame_key=frame_key, dtype=load_dtype, context=context)]
     if load_dtype == np.float16:
         chain.append(ToFloat32(keys))
     chain += augmentations(keys, augment)

@@ -1,8 +1,9 @@
 """The linear decoder the field would try first, on the CNN's own volumes and splits.
 
 ``StandardScaler -> SelectKBest(f_classif)`` (voxel screening) ``or PCA -> LogisticRegression``,
-fitted on a model's training items and scored on each of its test sets. Items and splits come
-from the bundle's own functions (``make_splits`` on :class:`~monai_emotion.study.features.VolumeTable`
+fitted on a model's training items and scored on each of its test sets. With a temporal
+context k > 1 (``training.temporal_context``) a sample is the mean of the CNN's k-volume
+window. Items and splits come from the bundle's own functions (``make_splits`` on :class:`~monai_emotion.study.features.VolumeTable`
 items, built by the bundle's item builder), so a linear model and the CNN of the same :class:`~monai_emotion.study.plan.ModelSpec`
 see exactly the same volumes. The validation run, which the CNN uses only to pick its
 checkpoint, is not used here.
@@ -107,11 +108,11 @@ class LinearBaseline:
         # BLAS threads fight for shared cores and make these small fits 10x slower
         with threadpool_limits(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            decoder.fit(store.matrix(train), y)
+            decoder.fit(store.matrix(train, self.views.context), y)
             return {name: self._table(decoder, store, tested, with_probabilities) for name, tested in tests.items()}
 
     def _table(self, decoder: Any, store: FeatureStore, items: list[dict], with_probabilities: bool) -> pd.DataFrame:
-        x = store.matrix(items)
+        x = store.matrix(items, self.views.context)
         names = np.array(self.classes, dtype=object)
         known = decoder.classes_
         frame = prediction_table(items, self.classes)

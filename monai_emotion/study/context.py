@@ -130,5 +130,6 @@ def prepare_context(study: Study, root: Path, log: Callable[[str], None] = print
         study=study, root=root, dataset_dir=dataset_dir, annotations_dir=annotations_dir,
         synthetic_root=synthetic_root, base=base, experiment=experiment, classes=classes,
         plan=plan_study(experiment["train"], study, len(classes)), table=table,
-        views=DataViews(experiment, own_masks), cnn=CNNRunner(study, root / "models" / "cnn", base), log=log,
+        views=DataViews(experiment, own_masks, context=study.training.temporal_context),
+        cnn=CNNRunner(study, root / "models" / "cnn", base), log=log,
     )

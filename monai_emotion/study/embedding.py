@@ -23,6 +23,7 @@ from monai_emotion.study.bundle import (
 )
 from monai_emotion.study.config import Study
 from monai_emotion.study.plan import ModelSpec, TestSet
+from monai_emotion.transforms import LoadCachedFramed
 
 __all__ = ["penultimate_features", "embed_2d", "feature_silhouette"]
 
@@ -41,14 +42,13 @@ def penultimate_features(
     items = bundle_experiment(study, {**base, **test_overrides(spec, test)})["test"]
     if len(items) > max_points:
         items = [items[int(k)] for k in np.linspace(0, len(items) - 1, max_points)]
-    maps: dict[str, np.ndarray] = {}
+    # the bundle's own loader: (k, X, Y, Z) samples under the study's temporal context
+    load = LoadCachedFramed(context=study.training.temporal_context)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            frames = np.stack([maps.setdefault(i["image"], np.load(i["image"], mmap_mode="r"))[int(i["frame"])]
-                               for i in batch]).astype(np.float32)
-            chunks.append(network.features(torch.from_numpy(frames)[:, None]).numpy())
+            batch = torch.stack([load(i)["image"].as_tensor() for i in items[start:start + batch_size]])
+            chunks.append(network.features(batch).numpy())
     return np.concatenate(chunks), items
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from monai_emotion.data.cache import censored_frames
+from monai_emotion.data.context import check_temporal_context, context_frames
 from monai_emotion.data.datalist import labelled_items
 from monai_emotion.data.labels import LabelRule, circular_shift_labels
 from monai_emotion.errors import DataError
@@ -134,6 +135,7 @@ class FeatureStore:
         self.shape = tuple(int(n) for n in maps[0].shape[1:])
         self._affine: np.ndarray | None = None
         lengths = np.array([m.shape[0] for m in maps])
+        self._censored = {p: censored_frames(p) for p in self.paths}
         self.offsets = dict(zip(self.paths, np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist(), strict=True))
         self._maps = dict(zip(self.paths, maps, strict=True))
         self.in_ram = float(lengths.sum()) * self.columns.size * 4 <= max_ram_bytes
@@ -154,8 +156,22 @@ class FeatureStore:
     def n_features(self) -> int:
         return int(self.columns.size)
 
-    def matrix(self, items: Sequence[dict]) -> np.ndarray:
-        """``(len(items), n_features)`` float32 frames of ``items`` (rows in item order)."""
+    def matrix(self, items: Sequence[dict], context: int = 1) -> np.ndarray:
+        """``(len(items), n_features)`` float32 frames of ``items`` (rows in item order).
+
+        ``context`` k > 1: each row is the mean of the item's k-volume window, taken within its
+        run by :func:`~monai_emotion.data.context.context_frames` (the CNN's windows).
+        """
+        if check_temporal_context(context, where="FeatureStore.matrix(context=...)") == 1:
+            return self._frames(items)
+        windows = [(i, context_frames(int(i["frame"]), context, self._maps[i["image"]].shape[0],
+                                      self._censored[i["image"]])) for i in items]
+        out = np.zeros((len(items), self.n_features), dtype=np.float32)
+        for j in range(context):  # one gather per window position: no (items, k, voxels) array
+            out += self._frames([{"image": i["image"], "frame": int(w[j])} for i, w in windows])
+        return out / np.float32(context)
+
+    def _frames(self, items: Sequence[dict]) -> np.ndarray:
         if self._data is not None:
             rows = np.fromiter((self.offsets[i["image"]] + int(i["frame"]) for i in items), dtype=np.int64,
                                count=len(items))
@@ -180,19 +196,26 @@ class DataViews:
     subject_experiments
         Subject -> the bundle's ``experiment`` of that subject alone, for single-subject
         models on the subject's own mask; empty when single-subject models use the group grid.
+    rule
+        The label rule (default: the bundle's).
+    context
+        Volumes per linear sample (their mean; 1 = the volume alone).
     """
 
     def __init__(self, experiment: Mapping[str, Any],
                  subject_experiments: Mapping[str, Mapping[str, Any]] | None = None,
-                 rule: LabelRule | None = None) -> None:
+                 rule: LabelRule | None = None, context: int = 1) -> None:
         self._experiments = {None: experiment, **dict(subject_experiments or {})}
         self._rule = rule
+        #: the linear baseline's temporal context (the study's ``training.temporal_context``)
+        self.context = check_temporal_context(context, where="training.temporal_context")
         self._tables: dict[str | None, VolumeTable] = {}
         self._stores: dict[str | None, FeatureStore] = {}
 
     def with_rule(self, rule: LabelRule) -> DataViews:
         """The same grids and frames, labelled by another rule (e.g. the other observer set)."""
-        other = DataViews(self._experiments[None], {k: v for k, v in self._experiments.items() if k is not None}, rule)
+        other = DataViews(self._experiments[None], {k: v for k, v in self._experiments.items() if k is not None}, rule,
+                          self.context)
         other._stores = self._stores  # the frames do not depend on the labels: shared
         return other
 
