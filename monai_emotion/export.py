@@ -39,13 +39,20 @@ class ExportError(MonaiEmotionError):
 
 
 def declared_metadata(metadata: dict[str, Any], contract: Contract) -> dict[str, Any]:
-    """``metadata`` with the network data format of the contract's model (shape, classes)."""
+    """``metadata`` with the network data format of the contract's model (shape, classes).
+
+    A multi-task model's output has ``K + D`` channels, the ``K`` class logits first (which
+    inference's softmax reads: ``networks.split_outputs``), then its dimensions (valence,
+    arousal): all ``K + D`` are declared, named in ``channel_def``, so ``verify_net_in_out``
+    and the TorchScript/ONNX checks see the network as it is.
+    """
     meta = json.loads(json.dumps(metadata))
     fmt = meta["network_data_format"]
     fmt["inputs"]["image"]["spatial_shape"] = list(contract.spatial_shape)
     pred = fmt["outputs"]["pred"]
-    pred["num_channels"] = len(contract.classes)
-    pred["channel_def"] = {str(k): name for k, name in enumerate(contract.classes)}
+    channels = [*contract.classes, *contract.dimension_names]
+    pred["num_channels"] = len(channels)
+    pred["channel_def"] = {str(k): name for k, name in enumerate(channels)}
     meta["label_classes"] = ", ".join(f"{k} {name}" for k, name in enumerate(contract.classes))
     meta.setdefault("required_packages_version", {})["monai-emotion"] = __version__
     return meta

@@ -56,6 +56,8 @@ def rows_from_engine(engine: Engine, prob_key: str = "prob") -> list[dict[str, A
                 "label": int(_scalar(label)),
                 "censored": bool(_scalar(item.get("censored", False))),
                 "prob": np.asarray(_scalar(prob), dtype=float).ravel().tolist(),
+                # a multi-task model's dimension outputs (SplitDimensionsd), empty otherwise
+                "dims": np.asarray(_scalar(out.get("dims_pred", [])), dtype=float).ravel().tolist(),
             }
         )
     return rows
@@ -129,21 +131,39 @@ class EventsTSVWriter(_RowCollector):
     the probability of each class, one row per volume.
 
     A volume censored as an outlier (a motion spike; stored as a zero frame) keeps its row,
-    with ``trial_type`` ``censored``, ``n/a`` probabilities and ``censored`` = 1.
+    with ``trial_type`` ``censored``, ``n/a`` probabilities and ``censored`` = 1. With
+    ``dimension_names`` (a multi-task model's, e.g. valence and arousal) each row also gets the
+    predicted value of each dimension, in a column of that name after ``censored``.
     """
+
+    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str],
+                 dimension_names: Sequence[str] = (), prob_key: str = "prob") -> None:
+        super().__init__(output_dir, class_names, prob_key)
+        self.dimension_names = [str(d) for d in dimension_names]
+
+    def _dimensions(self, row: dict[str, Any]) -> list[str]:
+        if not self.dimension_names:
+            return []
+        if row.get("censored"):
+            return ["n/a"] * len(self.dimension_names)
+        if len(row["dims"]) != len(self.dimension_names):
+            raise ValueError(f"{len(row['dims'])} dimension outputs for {self.dimension_names}: "
+                             "put monai_emotion.engine.losses.SplitDimensionsd first in the postprocessing")
+        return [f"{v:.6f}" for v in row["dims"]]
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         names = self.class_names
-        header = ["onset", "duration", "trial_type", *(f"prob_{c}" for c in names), "movie_time", "censored"]
+        header = ["onset", "duration", "trial_type", *(f"prob_{c}" for c in names), "movie_time", "censored",
+                  *self.dimension_names]
         by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for r in rows:
             by_run.setdefault((r["subject"], r["run"]), []).append(r)
         for (subject, run), run_rows in by_run.items():
             lines = [
-                [f"{TR * r['volume']:g}", f"{TR:g}", "censored", *(["n/a"] * len(names)), f"{r['movie_time']:g}", 1]
-                if r.get("censored") else
-                [f"{TR * r['volume']:g}", f"{TR:g}", names[int(np.argmax(r["prob"]))],
-                 *(f"{p:.6f}" for p in r["prob"]), f"{r['movie_time']:g}", 0]
+                [*([f"{TR * r['volume']:g}", f"{TR:g}", "censored", *(["n/a"] * len(names)), f"{r['movie_time']:g}", 1]
+                   if r.get("censored") else
+                   [f"{TR * r['volume']:g}", f"{TR:g}", names[int(np.argmax(r["prob"]))],
+                    *(f"{p:.6f}" for p in r["prob"]), f"{r['movie_time']:g}", 0]), *self._dimensions(r)]
                 for r in run_rows
             ]
             name = f"sub-{subject}_task-forrestgump_run-{run:02d}_desc-emotion_events.tsv"

@@ -19,7 +19,8 @@ from typing import Any
 from monai_emotion.errors import ConfigError
 from monai_emotion.interpret import DEFAULT_METHOD, METHODS, VOLUMES
 
-__all__ = ["EXPERIMENTS", "PEERS", "BaselineSettings", "PeerSettings", "DataSettings", "FigureSettings", "LeakySettings",
+__all__ = ["EXPERIMENTS", "PEERS", "BaselineSettings", "PeerSettings", "DataSettings", "DimensionSettings",
+           "FigureSettings", "LeakySettings",
            "PermutationSettings", "RuntimeSettings", "SaliencySettings", "SplitSettings", "StatisticsSettings", "TrainingSettings",
            "experiment_names", "plain", "text"]
 
@@ -121,37 +122,24 @@ class DataSettings(_Section):
 
 @dataclass(frozen=True)
 class TrainingSettings(_Section):
-    """``training``: top-level bundle keys (``epochs``, ``batch_size``, ``learning_rate``, ...).
-
-    ``temporal_context`` (odd, default 1) is the bundle's key of that name (volumes per CNN
-    sample, as channels) and also the linear baseline's window (the mean of the same volumes),
-    so one key sets k for both (docs/temporal_context.md).
-    """
+    """``training``: top-level bundle keys (``epochs``, ``batch_size``, ``learning_rate``, ...)."""
 
     epochs: int = 50
     #: every other top-level bundle key given, passed through as it is
     options: Mapping[str, Any] = field(default_factory=dict)
-    temporal_context: int = 1
 
     def __post_init__(self) -> None:
-        from monai_emotion.data.context import check_temporal_context
-
         self._set("epochs", _integer("epochs", self.epochs, 1))
         self._set("options", dict(self.options))
-        self._set("temporal_context", check_temporal_context(self.temporal_context, where="training.temporal_context"))
 
     @classmethod
     def from_dict(cls, given: Mapping[str, Any]) -> TrainingSettings:
         options = dict(given)
-        epochs = options.pop("epochs", cls.epochs)
-        context = options.pop("temporal_context", cls.temporal_context)
-        return cls(epochs, options, context)
+        return cls(options.pop("epochs", cls.epochs), options)
 
     def to_dict(self) -> dict[str, Any]:
-        """The bundle overrides: ``epochs``, the other keys, ``temporal_context`` unless 1 (the
-        bundle's default: k = 1 studies keep their overrides, and so their model digests)."""
-        context = {"temporal_context": self.temporal_context} if self.temporal_context != 1 else {}
-        return {"epochs": self.epochs, **self.options, **context}
+        """The bundle overrides: ``epochs`` and the other keys."""
+        return {"epochs": self.epochs, **self.options}
 
 
 @dataclass(frozen=True)
@@ -336,6 +324,30 @@ class SaliencySettings(_Section):
         if "cross" in self.experiments or "unseen" in self.experiments:
             raise ConfigError("saliency.experiments: group maps average single-subject models",
                               fix="use 'within' and/or 'leaky'")
+
+
+@dataclass(frozen=True)
+class DimensionSettings(_Section):
+    """``dimensions``: valence/arousal from a ridge on the linear baseline's features, scored with
+    circular-shift chance (monai_emotion/study/dimensions.py, docs/dimensions.md); off by default."""
+
+    enabled: bool = False
+    #: ridge penalty per voxel (the fit's alpha is this times the number of features)
+    alpha: float = 1.0
+    #: circular shifts of the held-out targets per chance test (at least 19 to reach p <= 0.05)
+    shifts: int = 1000
+    #: experiments whose unpermuted models get a ridge fit
+    experiments: tuple[str, ...] = ("within", "cross")
+    names: tuple[str, ...] = ("valence", "arousal")
+
+    def __post_init__(self) -> None:
+        from monai_emotion.data.dimensions import check_dimensions
+
+        self._set("enabled", _flag("enabled", self.enabled))
+        self._set("alpha", _number("alpha", self.alpha, positive=True))
+        self._set("shifts", _integer("shifts", self.shifts, 0))
+        self._set("experiments", experiment_names("experiments", self.experiments))
+        self._set("names", check_dimensions(self.names, where="dimensions.names"))
 
 
 #: the peer decoders a study can run (their decoder names in ``results.csv``)
