@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from bundle_runs import CONFIGS, EVALUATE, TINY, TRAIN, run_bundle, train_overrides
+from bundle_runs import CONFIGS, EVALUATE, TINY, TRAIN, train_overrides
 
 from monai_emotion.data.datalist import labelled_items
 from monai_emotion.data.dimensions import add_dimensions, derive_dimensions, dimension_targets
@@ -149,44 +151,154 @@ def test_report_r_r2_and_shift_chance():
     assert abs(good["chance_r"]) < 0.1 and good["n"] == n
 
 
-def _train(tmp_path_factory: pytest.TempPathFactory, name: str, **world: object) -> Path:
+def _unit_predictions(signal: float, seed: int = 0) -> pd.DataFrame:
+    """Held-out predictions of 3 subjects x 2 runs of autocorrelated targets (``signal``: how much they follow)."""
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for subject in ("01", "02", "03"):
+        for run in (1, 2):
+            truth = np.convolve(rng.normal(size=69), np.ones(10) / 10, "valid") * 3
+            frames.append(pd.DataFrame({"experiment": "within", "test_set": "heldout", "subject": subject,
+                                        "run": run, "volume": np.arange(60), "true_valence": truth,
+                                        "pred_valence": signal * truth + rng.normal(size=60) * 0.5}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_study_table_scores_against_shift_chance():
+    from monai_emotion.study.dimensions import score_dimensions
+    from monai_emotion.study.scoring import MEAN, POOLED
+
+    planted = score_dimensions(_unit_predictions(1.0), ["valence"], 200).set_index("subject")
+    assert set(planted.index) == {"01", "02", "03", POOLED, MEAN}
+    assert (planted["verdict"] == "above").all() and (planted["r"] > planted["chance_high"]).all()
+    assert planted.loc[MEAN, "chance_test"] == "group" and planted.loc[POOLED, "n"] == 360
+    assert planted.loc[MEAN, "r"] == pytest.approx(planted.loc[["01", "02", "03"], "r"].mean())
+    null = score_dimensions(_unit_predictions(0.0, seed=1), ["valence"], 200).set_index("subject")
+    assert (null["verdict"] != "above").all() and (null.loc[[MEAN, POOLED], "verdict"] == "inside").all()
+    assert null.loc[MEAN, "chance_low"] <= null.loc[MEAN, "r"] <= null.loc[MEAN, "chance_high"]
+    few = score_dimensions(_unit_predictions(1.0), ["valence"], 10)
+    assert (few[few["subject"] != MEAN]["verdict"] == "untested").all()  # 10 shifts cannot reach p <= 0.05
+
+
+def test_study_key_dimensions():
+    from monai_emotion.study.config import DEFAULTS, parse_study
+
+    assert DEFAULTS["dimensions"]["enabled"] is False
+    study = parse_study({"data": {"synthetic": {"dimension_strength": 3.0}},
+                         "dimensions": {"enabled": True, "alpha": 0.5, "names": ["arousal"]}}, "s.json")
+    assert study.dimensions.names == ("arousal",) and study.dimensions.alpha == 0.5
+    with pytest.raises(ConfigError, match="dimensions"):
+        parse_study({"data": {"synthetic": {}}, "dimensions": {"names": ["dominance"]}}, "s.json")
+    with pytest.raises(ConfigError, match="unknown study key 'dimensions.alfa'"):
+        parse_study({"data": {"synthetic": {}}, "dimensions": {"alfa": 1}}, "s.json")
+
+
+#: the bundle tests' world, with valence/arousal planted strongly enough for a few epochs
+PLANTED = {**TINY, "dimension_strength": 5.0}
+PLANTED_EPOCHS, NULL_EPOCHS = 8, 2  # a null model is at chance however long it trains
+
+
+def _bundle(workflow: str, configs: list[str], overrides: dict, home: Path) -> None:
+    """A bundle workflow in this process (MONAI's ``run``: no interpreter start-up per run)."""
+    from monai.bundle import run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONAI_EMOTION_HOME", str(home))
+        run(workflow, config_file=configs, logging_file=str(CONFIGS / "logging.conf"),
+            meta_file=str(CONFIGS / "metadata.json"),
+            **{k.replace("#", "::"): str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory, name: str, epochs: int, **world: object) -> Path:
     from monai_emotion.data.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp(name)
-    data = root / "data"
-    make_synthetic(data, progress=False, **{**TINY, "dimension_strength": 3.0, **world})
-    overrides = train_overrides(data, root, epochs=8, num_threads=1)
-    done = run_bundle("training", [TRAIN, DIMENSIONS_JSON], overrides, root / "home", timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    make_synthetic(root / "data", progress=False, **world)
+    _bundle("training", [TRAIN, DIMENSIONS_JSON], train_overrides(root / "data", root, epochs=epochs, num_threads=1),
+            root / "home")
     return root
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(tmp_path_factory, "planted")
+    """One multi-task model on planted data, trained and evaluated once for every test below."""
+    root = _train(tmp_path_factory, "planted", PLANTED_EPOCHS, **PLANTED)
+    overrides = {**train_overrides(root / "data", root, epochs=1), "eval_dir": root / "eval"}
+    _bundle("evaluating", [TRAIN, DIMENSIONS_JSON, EVALUATE], overrides, root / "home")
+    return root
 
 
 def test_multitask_head_above_chance_on_planted_data(planted):
     truth = (planted / "data" / "ground_truth")
     assert (truth / "dimension_patterns.nii.gz").is_file() and (truth / "true_dimensions.tsv").is_file()
     report = json.loads((planted / "runs" / "val_metrics.json").read_text())
-    dims = report["dimensions"]
     assert report["balanced_accuracy"] > 0.2  # the classification head still learns
-    for name in ("valence", "arousal"):
-        assert dims[name]["n"] > 30 and dims[name]["r"] > dims[name]["chance_high"], dims[name]
-        assert dims[name]["p_value"] < 0.05
-    overrides = {**train_overrides(planted / "data", planted, epochs=1), "eval_dir": planted / "eval"}
-    done = run_bundle("evaluating", [TRAIN, DIMENSIONS_JSON, EVALUATE], overrides, planted / "home", timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    final = json.loads((planted / "eval" / "metrics.json").read_text())
-    assert final["dimensions"]["valence"]["r"] > final["dimensions"]["valence"]["chance_high"]
+    final = json.loads((planted / "eval" / "metrics.json").read_text())  # test runs, best checkpoint
     assert "balanced_accuracy" in final and (planted / "eval" / "predictions.csv").is_file()
+    # validation runs (last epoch): both dimensions; test runs (best checkpoint): valence, whose
+    # truth spans [-1, 1] (arousal's spans [-0.5, 0.3]: at the edge of 2 held-out runs' chance)
+    for dims, names in ((report["dimensions"], ("valence", "arousal")), (final["dimensions"], ("valence",))):
+        for name in names:
+            assert dims[name]["n"] > 30 and dims[name]["r"] > dims[name]["chance_high"], dims[name]
+            assert dims[name]["p_value"] < 0.05
     events = list((planted / "runs").glob("events.out.tfevents.*"))
     assert any(b"val_dimensions_r_valence" in e.read_bytes() for e in events)
 
 
+def test_inference_and_export_of_a_multitask_model(planted, tmp_path):
+
+    from monai_emotion.contract import load_contract
+    from monai_emotion.export import declared_metadata, export_bundle
+
+    contract = load_contract(planted / "models")
+    assert contract.dimensions == contract.dimension_names == ("valence", "arousal")
+    out = tmp_path / "inference"
+    _bundle("inferring", [str(CONFIGS / "inference.json")],
+            {"dataset_dir": planted / "data", "ckpt_dir": planted / "models", "cache_dir": tmp_path / "cache",
+             "output_dir": out}, planted / "home")
+    events = pd.concat([pd.read_csv(f, sep="\t").assign(run=int(f.name.split("run-")[1][:2]))
+                        for f in sorted(out.glob("*_events.tsv"))], ignore_index=True)
+    assert events.loc[events["censored"] == 1, ["valence", "arousal"]].isna().all().all()  # n/a when censored
+    events = events[events["censored"] == 0].copy()
+    probs = events[[f"prob_{c}" for c in contract.classes]].to_numpy(float)
+    assert list(events.columns[-4:]) == ["censored", "valence", "arousal", "run"]  # run: added here
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)  # the softmax saw the K logits only
+    # the predicted valence follows the observers' (most volumes were training volumes: a sanity check)
+    targets = derive_dimensions(planted / "data" / "annotations").set_index(["run", "volume"])
+    events["volume"] = (events["onset"] / 2).round().astype(int)
+    joined = events.join(targets["valence"].rename("target"), on=["run", "volume"]).dropna(subset=["target"])
+    assert pearson_r(joined["valence"].to_numpy(), joined["target"].to_numpy()) > 0.5
+
+    report = export_bundle(CONFIGS.parent, tmp_path / "export", ckpt_dir=planted / "models", onnx=False)
+    assert all(c["ok"] for c in report["checks"].values()), report
+    pred = json.loads((tmp_path / "export" / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == 7 and pred["channel_def"]["5"] == "valence"
+    # a classes-only model's contract: K channels and no dimension columns, as before
+    plain = dataclasses.replace(contract, network={k: v for k, v in contract.network.items() if k != "dimensions"},
+                                dimensions=())
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert declared_metadata(meta, plain)["network_data_format"]["outputs"]["pred"]["num_channels"] == 5
+    assert plain.dimension_names == ()
+
+
+def test_events_writer_columns_without_dimensions(tmp_path):
+    from monai_emotion.engine.writers import EventsTSVWriter
+
+    rows = [{"subject": "01", "run": 1, "volume": v, "movie_time": 2.0 * v, "censored": v == 1,
+             "prob": [0.7, 0.3], "dims": [0.5, -0.25]} for v in range(3)]
+    EventsTSVWriter(tmp_path / "plain", ["A", "B"]).write(rows)
+    EventsTSVWriter(tmp_path / "dims", ["A", "B"], dimension_names=["valence", "arousal"]).write(rows)
+    plain = (tmp_path / "plain").glob("*.tsv").__next__().read_text().splitlines()
+    dims = (tmp_path / "dims").glob("*.tsv").__next__().read_text().splitlines()
+    assert plain[0].split("\t") == ["onset", "duration", "trial_type", "prob_A", "prob_B", "movie_time", "censored"]
+    assert dims[0].split("\t")[-2:] == ["valence", "arousal"]
+    assert [d.split("\t")[:-2] for d in dims] == [p.split("\t") for p in plain]
+    assert dims[1].split("\t")[-2:] == ["0.500000", "-0.250000"] and dims[2].split("\t")[-2:] == ["n/a", "n/a"]
+
+
 def test_multitask_head_at_chance_on_null_data(tmp_path_factory):
-    root = _train(tmp_path_factory, "null", null=True)
+    root = _train(tmp_path_factory, "null", NULL_EPOCHS, **PLANTED, null=True)
     dims = json.loads((root / "runs" / "val_metrics.json").read_text())["dimensions"]
     for name in ("valence", "arousal"):
         assert dims[name]["chance_low"] <= dims[name]["r"] <= dims[name]["chance_high"], dims[name]
