@@ -122,24 +122,37 @@ class DataSettings(_Section):
 
 @dataclass(frozen=True)
 class TrainingSettings(_Section):
-    """``training``: top-level bundle keys (``epochs``, ``batch_size``, ``learning_rate``, ...)."""
+    """``training``: top-level bundle keys (``epochs``, ``batch_size``, ``learning_rate``, ...).
+
+    ``temporal_context`` (odd, default 1) is the bundle's key of that name (volumes per CNN
+    sample, as channels) and also the linear baseline's window (the mean of the same volumes),
+    so one key sets k for both (docs/temporal_context.md).
+    """
 
     epochs: int = 50
     #: every other top-level bundle key given, passed through as it is
     options: Mapping[str, Any] = field(default_factory=dict)
+    temporal_context: int = 1
 
     def __post_init__(self) -> None:
+        from monai_emotion.data.context import check_temporal_context
+
         self._set("epochs", _integer("epochs", self.epochs, 1))
         self._set("options", dict(self.options))
+        self._set("temporal_context", check_temporal_context(self.temporal_context, where="training.temporal_context"))
 
     @classmethod
     def from_dict(cls, given: Mapping[str, Any]) -> TrainingSettings:
         options = dict(given)
-        return cls(options.pop("epochs", cls.epochs), options)
+        epochs = options.pop("epochs", cls.epochs)
+        context = options.pop("temporal_context", cls.temporal_context)
+        return cls(epochs, options, context)
 
     def to_dict(self) -> dict[str, Any]:
-        """The bundle overrides: ``epochs`` and the other keys."""
-        return {"epochs": self.epochs, **self.options}
+        """The bundle overrides: ``epochs``, the other keys, ``temporal_context`` unless 1 (the
+        bundle's default: k = 1 studies keep their overrides, and so their model digests)."""
+        context = {"temporal_context": self.temporal_context} if self.temporal_context != 1 else {}
+        return {"epochs": self.epochs, **self.options, **context}
 
 
 @dataclass(frozen=True)
