@@ -78,6 +78,19 @@ class Contract:
     format_version: int = CONTRACT_VERSION
     #: consecutive volumes per sample (:func:`~monai_emotion.data.context.context_frames`)
     temporal_context: int = 1
+    #: names of a multi-task model's outputs after the K logits (``network_def#dimensions``)
+    dimensions: tuple[str, ...] = ()
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The outputs after the K logits: the recorded names (contracts without them: the first D of
+        :data:`~monai_emotion.data.dimensions.DIMENSIONS`); ``()`` for a classes-only model."""
+        from monai_emotion.data.dimensions import DIMENSIONS
+
+        count = int(self.network.get("dimensions") or 0)
+        if len(self.dimensions) == count:
+            return tuple(self.dimensions)
+        return DIMENSIONS[:count] if count <= len(DIMENSIONS) else tuple(f"dimension_{k}" for k in range(count))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +165,7 @@ def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], ne
         trained_on={"dataset_dir": str(experiment["dataset_dir"]),
                     "subjects": sorted({str(s["subject"]) for s in sidecars})},
         temporal_context=context,
+        dimensions=tuple(str(n) for n in experiment.get("dimensions") or ()),
     )
     return atomic_write_json(folder / CONTRACT_FILE, contract.to_dict(), ConfigError)
 
@@ -203,6 +217,7 @@ def load_contract(ckpt_dir: str | os.PathLike) -> Contract:
     data = dict(data)
     for key in ("source_shape", "spatial_shape", "classes"):
         data[key] = tuple(data[key])
+    data["dimensions"] = tuple(data.get("dimensions") or ())  # absent from classes-only contracts before it
     for key in ("source_affine", "grid_affine"):
         data[key] = tuple(tuple(row) for row in data[key])
     return Contract(**data)
