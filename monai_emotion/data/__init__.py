@@ -8,4 +8,4 @@ Read in the order of the data flow: ``studyforrest`` (facts, discovery), ``annot
 from monai_emotion._lazy import lazy_getattr
 
 __getattr__ = lazy_getattr(__name__, {n: n for n in (
-    "annotations", "cache", "context", "datalist", "datasets", "labels", "splits", "studyforrest", "synthetic")})
+    "annotations", "cache", "context", "datalist", "datasets", "device_frames", "labels", "splits", "studyforrest", "synthetic")})
