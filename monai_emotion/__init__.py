@@ -13,6 +13,6 @@ __version__ = "0.2.0"
 #: written for 0.1.0 still reach them here
 __getattr__ = lazy_getattr(__name__, {
     **{n: n for n in ("contract", "data", "engine", "errors", "experiment", "export", "fileio", "inference", "metrics",
-                      "networks", "runtime", "study", "transforms")},
+                      "networks", "runtime", "study", "tracking", "transforms")},
     "checkpoints": "engine.checkpoints", "handlers": "engine.handlers", "writers": "engine.writers",
 })

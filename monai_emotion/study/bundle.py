@@ -157,9 +157,11 @@ def _detached(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(dict(overrides))
 
 
-def run_workflow(files: list[str], overrides: Mapping[str, Any], log_path: Path | None = None) -> Any:
+def run_workflow(files: list[str], overrides: Mapping[str, Any], log_path: Path | None = None,
+                 tracking: str | None = None) -> Any:
     """Initialise, run and finalise one ``ConfigWorkflow`` in this process.
 
+    ``tracking`` is MONAI's ``--tracking`` (a settings file such as configs/mlflow.json).
     Returns the workflow (its parser holds the parsed components).
     """
     from monai.bundle import ConfigWorkflow
@@ -167,7 +169,7 @@ def run_workflow(files: list[str], overrides: Mapping[str, Any], log_path: Path 
     path_before = list(sys.path)
     with captured(log_path):
         workflow = ConfigWorkflow(config_file=files, workflow_type="train", logging_file=False,
-                                  **_detached(overrides))
+                                  tracking=tracking, **_detached(overrides))
         try:
             workflow.initialize()
             workflow.run()
@@ -215,6 +217,16 @@ class CNNRunner:
     def folder(self, spec: ModelSpec) -> Path:
         return self.root / spec.id
 
+    def _tracking(self, spec: ModelSpec) -> tuple[str | None, dict[str, Any]]:
+        """MONAI's ``tracking`` settings file and its overrides for ``spec`` (none when off)."""
+        runtime = self.study.runtime
+        if not runtime.mlflow:
+            return None, {}
+        uri = runtime.mlflow_uri or f"sqlite:///{(self.root / 'mlruns.db').resolve()}"
+        tags = {"study": self.study.name, "model": spec.id}
+        return config_files(self.study, "mlflow.json")[0], {
+            "tracking_uri": uri, "experiment_name": self.study.name, "run_name": spec.id, "tracking_tags": tags}
+
     def _digest(self, spec: ModelSpec) -> str:
         aligned = alignment_overrides(self.study.alignment, spec)  # {} unaligned: old digests hold
         return spec.digest({"base": self.base, "bundle": str(self.study.bundle), **aligned})
@@ -239,8 +251,10 @@ class CNNRunner:
             stale.unlink()  # the bundle resumes nothing unless told, but model.pt must be this run's
         start = time.perf_counter()
         aligned = alignment_overrides(self.study.alignment, spec)
-        run_workflow(config_files(self.study, "train.json"), {**self.base, **model_overrides(spec), **aligned, **dirs},
-                     folder / "train.log")
+        tracking, tracked = self._tracking(spec)  # not in the digest: tracking changes no result
+        run_workflow(config_files(self.study, "train.json"),
+                     {**self.base, **model_overrides(spec), **aligned, **dirs, **tracked},
+                     folder / "train.log", tracking=tracking)
         train_s = time.perf_counter() - start
         if not (folder / "ckpt" / "model.pt").is_file():
             raise ConfigError(f"training {spec.id} wrote no model.pt", folder / "train.log",

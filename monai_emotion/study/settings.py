@@ -159,14 +159,20 @@ class TrainingSettings(_Section):
 class RuntimeSettings(_Section):
     """``runtime``: torch intra-op threads of this process (1 is fastest on small, shared CPUs; see
     docs/performance.md); ``parallel_baseline``: fit the linear baseline and its permutations in
-    a second process while the CNNs train (each side uses one core)."""
+    a second process while the CNNs train (each side uses one core); ``mlflow``: track every CNN
+    training in MLflow (bundle configs/mlflow.json: experiment = study name, run = model id, tags
+    ``study`` and ``model``) into ``mlflow_uri`` (default: ``mlruns.db`` beside the models)."""
 
     threads: int = 1
     parallel_baseline: bool = True
+    mlflow: bool = False
+    mlflow_uri: str | None = None
 
     def __post_init__(self) -> None:
         self._set("threads", _integer("threads", self.threads, 1))
         self._set("parallel_baseline", _flag("parallel_baseline", self.parallel_baseline))
+        self._set("mlflow", _flag("mlflow", self.mlflow))
+        self._set("mlflow_uri", text("mlflow_uri", self.mlflow_uri))
 
 
 @dataclass(frozen=True)
