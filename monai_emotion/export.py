@@ -49,6 +49,7 @@ def declared_metadata(metadata: dict[str, Any], contract: Contract) -> dict[str,
     meta = json.loads(json.dumps(metadata))
     fmt = meta["network_data_format"]
     fmt["inputs"]["image"]["spatial_shape"] = list(contract.spatial_shape)
+    fmt["inputs"]["image"]["num_channels"] = int(contract.temporal_context)  # k volumes as channels
     pred = fmt["outputs"]["pred"]
     channels = [*contract.classes, *contract.dimension_names]
     pred["num_channels"] = len(channels)
@@ -189,7 +190,8 @@ def _reference(dest: Path) -> tuple[Any, Any, Any]:
     net = network_from_contract(dest / "models")
     net.load_state_dict(torch.load(dest / "models" / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
-    x = torch.randn(2, 1, *contract.spatial_shape, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, int(contract.temporal_context), *contract.spatial_shape,
+                    generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return net, x, net(x)
 

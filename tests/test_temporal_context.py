@@ -159,10 +159,25 @@ def trained(tmp_path_factory) -> dict:
     data = root / "data"
     make_synthetic(data, progress=False, **{**TINY, "volumes_per_run": 30})
     out = root / "k3"
-    overrides = {**train_overrides(data, out, 1), "bundle_root": out, "temporal_context": 3,
+    overrides = {**train_overrides(data, out, 1), "bundle_root": out,
                  "data#split": {"kind": "runs", "validate_runs": [7], "test_runs": [8], "gap": 0}}
-    run_workflow([TRAIN], {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
-    return {"data": data, "out": out}
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+    run_workflow([TRAIN], {**overrides, "temporal_context": 3})
+    return {"data": data, "out": out, "overrides": overrides}
+
+
+def test_evaluation_and_export_take_k_from_the_contract(trained):
+    """Evaluating by hand without ``--temporal_context`` loads the k = 3 model; export declares 3 channels."""
+    from monai_emotion.contract import load_contract
+    from monai_emotion.export import declared_metadata
+    from monai_emotion.study.bundle import run_workflow
+    from tests.bundle_runs import CONFIGS
+
+    run_workflow([TRAIN, str(CONFIGS / "evaluate.json")], trained["overrides"])  # no temporal_context given
+    assert json.loads((trained["out"] / "eval" / "metrics.json").read_text())["n"] > 0
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    declared = declared_metadata(metadata, load_contract(trained["out"] / "models"))
+    assert declared["network_data_format"]["inputs"]["image"]["num_channels"] == 3
 
 
 def test_k3_training_records_k_in_its_contract(trained):

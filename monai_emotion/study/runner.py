@@ -114,6 +114,8 @@ class _Linear:
         study, models = self.ctx.study, self.ctx.root / "models"
         settings = {"baseline": study.baseline.to_dict(), "data": {k: self.ctx.base.get(k) for k in _LINEAR_DATA_KEYS},
                     "leaky": study.leaky.to_dict(), "splits": study.splits.to_dict()}
+        if study.training.temporal_context != 1:  # the window mean of k volumes (k = 1 keeps older records valid)
+            settings["temporal_context"] = study.training.temporal_context
         if _settings_changed(models / "linear.json", settings, self.ctx.log, "linear"):
             for folder in (self.folder, models / "linear_av", models / "linear_ao"):
                 shutil.rmtree(folder, ignore_errors=True)
