@@ -135,6 +135,7 @@ class DimensionStage:
                 and selected("linear", s, only)]
 
     def done(self, spec: ModelSpec) -> bool:
+        """Whether every test set of ``spec`` has its stored predictions."""
         return all((self.folder / spec.id / f"{t.name}.csv").is_file() for t in spec.test_sets)
 
     def todo(self, only: list[str] | None, force: bool) -> bool:
