@@ -60,3 +60,14 @@ def save_run(
 ) -> Path:
     """A 4D run at its BIDS name (aligned space) under ``root``."""
     return save_nifti(bold_path(root, subject, run), data, affine, tr=tr, dtype=dtype)
+
+
+def bold_like_series(n: int, seed: int = 0, shape: tuple[int, int, int] = (12, 12, 8)) -> np.ndarray:
+    """A ``(*shape, n)`` run: an 8 x 8 x 6 brain with a slow drift, voxel noise and a shared
+    fluctuation (as BOLD has), zeros around it."""
+    rng = np.random.default_rng(seed)
+    data = np.zeros((*shape, n), dtype=np.float32)
+    shared = np.convolve(rng.standard_normal(n), np.ones(4) / 4, mode="same")
+    data[2:10, 2:10, 1:7] = (1000 + 15 * rng.standard_normal((8, 8, 6, n)) + np.linspace(0, 30, n)
+                             + 10 * shared)
+    return data

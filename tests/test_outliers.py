@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from nifti_helpers import save_run
+from nifti_helpers import bold_like_series, save_run
 
 from monai_emotion.data.cache import attach_cache, prepare_cache
 from monai_emotion.data.cache.outliers import find_outliers, framewise_displacement
@@ -22,13 +22,7 @@ SPIKE = 23
 
 
 def _series(seed: int = 0) -> np.ndarray:
-    """A run with a slow drift, voxel noise and a shared fluctuation (as BOLD has)."""
-    rng = np.random.default_rng(seed)
-    data = np.zeros((*SHAPE, N), dtype=np.float32)
-    shared = np.convolve(rng.standard_normal(N), np.ones(4) / 4, mode="same")
-    data[2:10, 2:10, 1:7] = (1000 + 15 * rng.standard_normal((8, 8, 6, N)) + np.linspace(0, 30, N)
-                             + 10 * shared)
-    return data
+    return bold_like_series(N, seed, SHAPE)
 
 
 def _build(root: Path, out: Path, **kw) -> dict:

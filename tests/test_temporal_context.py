@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nifti_helpers import save_run
+from nifti_helpers import bold_like_series, save_run
 
 from monai_emotion.data.cache import attach_cache, prepare_cache
 from monai_emotion.data.cache.spec import PreprocessingSpec
@@ -66,13 +66,8 @@ def test_k_must_be_an_odd_positive_integer(k):
 # ---- real cached files: a clean run and a run with a censored spike
 
 
-def _series(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    data = np.zeros((*SHAPE, N), dtype=np.float32)
-    shared = np.convolve(rng.standard_normal(N), np.ones(4) / 4, mode="same")
-    data[2:10, 2:10, 1:7] = (1000 + 15 * rng.standard_normal((8, 8, 6, N)) + np.linspace(0, 30, N)
-                             + 10 * shared)
-    return data
+def _series(seed: int = 0) -> np.ndarray:
+    return bold_like_series(N, seed, SHAPE)
 
 
 @pytest.fixture(scope="module")
