@@ -42,6 +42,7 @@ from monai_emotion.fileio import (
 )
 
 __all__ = [
+    "trained_temporal_context",
     "CONTRACT_FILE",
     "MASK_FILE",
     "Contract",
@@ -201,6 +202,17 @@ def _sidecars(experiment: Mapping[str, Any]) -> list[dict[str, Any]]:
             fix="set data#preprocessing#mask_strategy to 'group' (the default) or give one mask for all",
         )
     return sidecars
+
+
+def trained_temporal_context(ckpt_dir: str | os.PathLike, default: int = 1) -> int:
+    """The ``temporal_context`` a saved model was trained with, for evaluating it.
+
+    Read from its contract; ``default`` when there is none yet, so that a bare checkpoint
+    still reaches the checks that explain what is wrong with it (``check_experiment``).
+    """
+    if not (Path(ckpt_dir) / CONTRACT_FILE).is_file():
+        return int(default)
+    return int(load_contract(ckpt_dir).temporal_context)
 
 
 def load_contract(ckpt_dir: str | os.PathLike) -> Contract:

@@ -27,10 +27,11 @@ ALIGNED_EXPERIMENTS: tuple[str, ...] = ("cross", "unseen")
 class AlignmentSettings:
     """``alignment``: the bundle's ``data#alignment`` for cross- and unseen-subject models."""
 
-    method: str = "none"
-    parcellation: str = "kmeans"
-    parcel_voxels: int = 100
-    reference: str | None = None
+    # the defaults are the bundle's (AlignmentSpec), written once there
+    method: str = AlignmentSpec.method
+    parcellation: str = AlignmentSpec.parcellation
+    parcel_voxels: int = AlignmentSpec.parcel_voxels
+    reference: str | None = AlignmentSpec.reference
 
     def __post_init__(self) -> None:
         AlignmentSpec(**asdict(self))  # the bundle's checks, with the bundle's messages
