@@ -40,6 +40,7 @@ from monai_emotion.study.chance import Test, group_test, single_test, verdicts
 from monai_emotion.study.context import StudyContext
 from monai_emotion.study.features import DataViews
 from monai_emotion.study.plan import ModelSpec, selected
+from monai_emotion.study.report import format_number, format_p
 from monai_emotion.study.scoring import MEAN, POOLED
 from monai_emotion.study.settings import DimensionSettings, StatisticsSettings
 
@@ -296,10 +297,6 @@ def dimension_outputs(ctx: StudyContext) -> dict[str, Any] | None:
                      for row in headline.drop(columns="study").to_dict(orient="records")]}
 
 
-def _num(value: Any) -> str:
-    return "-" if value is None else "<0.001" if 0 <= value < 0.001 else f"{value:.3f}"
-
-
 def dimensions_markdown(section: Mapping[str, Any] | None) -> list[str]:
     """The report's lines about valence and arousal (nothing when the stage did not run)."""
     if not section:
@@ -317,11 +314,11 @@ def dimensions_markdown(section: Mapping[str, Any] | None) -> list[str]:
              "| experiment | test set | unit | dimension | n | r | R² | chance 95% | p (corrected) | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in section["rows"]:
-        chance = "-" if r.get("chance_low") is None else f"[{_num(r['chance_low'])}, {_num(r['chance_high'])}]"
+        chance = "-" if r.get("chance_low") is None else f"[{format_number(r['chance_low'])}, {format_number(r['chance_high'])}]"
         verdict = f"**{r['verdict']}**" if r["verdict"] == "above" else r["verdict"]
         lines.append(f"| {r['experiment']} | {r['test_set']} | {r['subject']} | {r['dimension']} | {r['n']} | "
-                     f"{_num(r['r'])} | {_num(r['r2'])} | {chance} | {_num(r.get('p_value'))} "
-                     f"({_num(r.get('p_adjusted'))}) | {verdict} |")
+                     f"{format_number(r['r'])} | {format_number(r['r2'])} | {chance} | {format_p(r.get('p_value'))} "
+                     f"({format_p(r.get('p_adjusted'))}) | {verdict} |")
     if section.get("figure"):
         lines += ["", f"![valence and arousal](figures/{section['figure']})"]
     return [*lines, ""]

@@ -19,7 +19,8 @@ _PROTOCOLS = {
 }
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, digits: int = 3) -> str:
+    """A number for the report's tables: ``digits`` decimals, ``-`` for missing or NaN."""
     return "-" if value is None or (isinstance(value, float) and value != value) else f"{value:.{digits}f}"
 
 
@@ -28,12 +29,13 @@ def _chance(r: dict[str, Any] | None) -> str:
         return "-"
     method = {"quantile": "", "group": ", group null", "range": ", min-max: too few for 95%"}.get(
         r.get("chance_method"), "")
-    return (f"[{_num(r['chance_low'])}, {_num(r['chance_high'])}] (n={int(r['n_permutations'] or 0)}{method}), "
-            f"p={_p(r.get('p_value'))}, corrected {_p(r.get('p_adjusted'))}")
+    return (f"[{format_number(r['chance_low'])}, {format_number(r['chance_high'])}] (n={int(r['n_permutations'] or 0)}{method}), "
+            f"p={format_p(r.get('p_value'))}, corrected {format_p(r.get('p_adjusted'))}")
 
 
-def _p(value: Any) -> str:
-    return "<0.001" if isinstance(value, float) and 0 <= value < 0.001 else _num(value)
+def format_p(value: Any) -> str:
+    """A p-value for the report's tables: as :func:`format_number`, ``<0.001`` below 0.001."""
+    return "<0.001" if isinstance(value, float) and 0 <= value < 0.001 else format_number(value)
 
 
 def _why(r: dict[str, Any], alpha: float) -> str:
@@ -55,11 +57,11 @@ def headline_markdown(rows: list[dict[str, Any]], alpha: float = 0.05) -> str:
         label = _PROTOCOLS.get((row["experiment"], row["test_set"]), row["experiment"])
         verdict = mean.get("verdict") or "untested"
         shown = _why(mean, alpha) if verdict == "untested" else f"**{verdict}**" if verdict == "above" else verdict
-        ci = (f" [{_num(pooled.get('balanced_accuracy_ci_low'))}, {_num(pooled.get('balanced_accuracy_ci_high'))}]"
+        ci = (f" [{format_number(pooled.get('balanced_accuracy_ci_low'))}, {format_number(pooled.get('balanced_accuracy_ci_high'))}]"
               if pooled.get("balanced_accuracy_ci_low") is not None else "")
         lines.append(f"| {label} | {row['test_set']} | {row.get('protocol', '-')} | {row['decoder']} | "
-                     f"{_num(mean.get('balanced_accuracy'))} | {_chance(mean)} | "
-                     f"{_num(pooled.get('balanced_accuracy'))}{ci} | "
+                     f"{format_number(mean.get('balanced_accuracy'))} | {_chance(mean)} | "
+                     f"{format_number(pooled.get('balanced_accuracy'))}{ci} | "
                      f"{mean.get('n_flagged', 0) or 0} of {mean.get('n_models', 0) or 0} | {shown} |")
     return "\n".join(lines)
 
@@ -77,7 +79,7 @@ def _statistics_text(summary: dict[str, Any]) -> list[str]:
             "Protocol `clean`: no movie moment of the test set was heard in training by any subject; "
             "`stimulus-seen`: the training subjects heard it; `leaky`: the seed's random split. Intervals of "
             "balanced accuracy and recall: block bootstrap over episodes (docs/study.md). Gap around held-out "
-            f"runs: {_num(stats.get('gap'), 1)} s of movie time.", ""]
+            f"runs: {format_number(stats.get('gap'), 1)} s of movie time.", ""]
 
 
 def _warnings_text(summary: dict[str, Any]) -> list[str]:
@@ -86,7 +88,7 @@ def _warnings_text(summary: dict[str, Any]) -> list[str]:
         return ["## Warnings", "", "No model is flagged as collapsed or degenerate.", ""]
     lines = ["## Warnings", "", f"{len(flagged)} model x test set(s) flagged as collapsed or degenerate "
              "(monai_emotion.metrics.degeneracy): their scores describe a class bias, not decoding.", ""]
-    lines += [f"- {f['decoder']} {f['model']} on {f['test_set']}: {_num(f['top_class_share'], 2)} of its volumes "
+    lines += [f"- {f['decoder']} {f['model']} on {f['test_set']}: {format_number(f['top_class_share'], 2)} of its volumes "
               f"predicted {f['top_class']}; {'; '.join(f.get('reasons') or [])}" for f in flagged]
     return [*lines, ""]
 
@@ -128,7 +130,7 @@ def _oracle_text(oracle: dict[str, Any] | None) -> list[str]:
                  f"{oracle['oracle_mean']:.3f} ({', '.join(f'sub-{s} {v:.3f}' for s, v in oracle['oracle'].items())}).")
     for decoder, d in oracle.items():
         if isinstance(d, dict) and "ratio_of_means" in d:
-            lines.append(f"- {decoder}: within-subject balanced accuracy / oracle = {_num(d['ratio_of_means'])} "
+            lines.append(f"- {decoder}: within-subject balanced accuracy / oracle = {format_number(d['ratio_of_means'])} "
                          f"(ratio of means; per subject {', '.join(f'{s} {v:.2f}' for s, v in d['ratio_to_oracle'].items())})")
     lines.append(f"- planted: strength {oracle['class_strength']}, share common to all subjects "
                  f"{oracle['class_shared']}")
@@ -165,7 +167,7 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
         return (head.get((decoder, "leaky", "leaky_random")) or {}).get("mean")
 
     def bacc(decoder: str, experiment: str, test_set: str, unit: str = "mean") -> str:
-        return _num(((head.get((decoder, experiment, test_set)) or {}).get(unit) or {}).get("balanced_accuracy"))
+        return format_number(((head.get((decoder, experiment, test_set)) or {}).get(unit) or {}).get("balanced_accuracy"))
 
     _figure(lines, summary, "fig1", "1. Emotion x subject recall within subject (ALL = cross-subject model)",
             f"Recall per emotion on each subject's held-out runs (pooled over run folds). Mean balanced accuracy: "
@@ -197,11 +199,11 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
     emb = summary.get("embedding") or {}
     _figure(lines, summary, "fig6", "6. Penultimate features in 2-D",
             f"{emb.get('model', '')} on '{emb.get('test_set', '')}' ({emb.get('n', 0)} volumes): silhouette by "
-            f"emotion {_num(emb.get('silhouette'))} (cosine, 128-d features; 1 = separate clusters, 0 = none), "
-            f"{_num(emb.get('silhouette_pca'))} in the PCA plane, {_num(emb.get('silhouette_tsne'))} in t-SNE. "
-            f"References in the same feature space: by run {_num(emb.get('silhouette_by_run'))}, by subject "
-            f"{_num(emb.get('silhouette_by_subject'))}, and a label-permuted model's silhouette by its own "
-            f"(shifted) labels {_num(emb.get('silhouette_permuted_model'))} "
+            f"emotion {format_number(emb.get('silhouette'))} (cosine, 128-d features; 1 = separate clusters, 0 = none), "
+            f"{format_number(emb.get('silhouette_pca'))} in the PCA plane, {format_number(emb.get('silhouette_tsne'))} in t-SNE. "
+            f"References in the same feature space: by run {format_number(emb.get('silhouette_by_run'))}, by subject "
+            f"{format_number(emb.get('silhouette_by_subject'))}, and a label-permuted model's silhouette by its own "
+            f"(shifted) labels {format_number(emb.get('silhouette_permuted_model'))} "
             f"({emb.get('permuted_model') or 'no permuted CNN model in this study'}).")
     _figure(lines, summary, "fig7", "7. Class x run table (run confound)",
             "Labelled volumes per class and run. Classes concentrated in few runs let a model decode 'which run' "

@@ -35,6 +35,7 @@ from monai_emotion.study.bundle import config_files, run_workflow, test_override
 from monai_emotion.study.context import StudyContext
 from monai_emotion.study.permutation import permutation_seeds
 from monai_emotion.study.plan import ModelSpec
+from monai_emotion.study.report import format_number
 
 __all__ = ["group_saliency", "model_maps", "sign_flip_max", "MAX_EXACT_SUBJECTS"]
 
@@ -217,11 +218,7 @@ def saliency_markdown(summary: Mapping[str, Any] | None) -> list[str]:
              "| emotion | map | r of abs map with abs planted group contrast | same, permuted models | "
              "voxels with p_FWE <= alpha |",
              "|---|---|---|---|---|"]
-
-    def num(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
     for emotion, e in summary["emotions"].items():
-        lines.append(f"| {emotion} | {e['file']} | {num(e.get('r_abs_planted'))} | "
-                     f"{num(e.get('r_abs_planted_permuted'))} | {e.get('n_significant', 'untested')} |")
+        lines.append(f"| {emotion} | {e['file']} | {format_number(e.get('r_abs_planted'))} | "
+                     f"{format_number(e.get('r_abs_planted_permuted'))} | {e.get('n_significant', 'untested')} |")
     return [*lines, ""]
