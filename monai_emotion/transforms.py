@@ -88,7 +88,8 @@ class _FrameLoader(MapTransform):
         return int(d[self.frame_key])
 
 
-def _open_cached(path: str) -> tuple[np.ndarray, torch.Tensor, tuple[int, ...]]:
+def open_cached_run(path: str) -> tuple[np.ndarray, torch.Tensor, tuple[int, ...]]:
+    """A cached run's frames (copy-on-write memory map), affine and censored volumes, checked against its sidecar."""
     sidecar = os.path.splitext(path)[0] + ".json"
     try:
         with open(sidecar, encoding="utf-8") as fh:
@@ -160,7 +161,7 @@ class LoadCachedFramed(_FrameLoader):
                     path,
                     fix="map items to the cache first (monai_emotion.data.cache.attach_cache), or use LoadNiftiFramed",
                 )
-            frames, affine, censored = self._files.get(path, _open_cached)
+            frames, affine, censored = self._files.get(path, open_cached_run)
             if not 0 <= t < frames.shape[0]:
                 raise DataError(
                     f"frame {t} is beyond the cached run's {frames.shape[0]} volumes: a run shorter than its labels",

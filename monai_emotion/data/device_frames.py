@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from monai_emotion.data.datasets import ToFloat32, emotion_dataloader
 from monai_emotion.errors import CacheError, ConfigError, DataError
-from monai_emotion.transforms import LoadCachedFramed
+from monai_emotion.transforms import LoadCachedFramed, open_cached_run
 
 __all__ = ["DeviceFrames", "use_device_frames", "frame_loader", "frames_nbytes", "ROOM_FRACTION"]
 
@@ -183,8 +183,9 @@ class DeviceFrames(DataLoader):
         for item in items:
             wanted.setdefault(str(item[self.image_key]), []).append(int(item[self.frame_key]))
         runs = {path: sorted(set(ts)) for path, ts in wanted.items()}
-        shapes = {path: self._open(path).shape for path in runs}
-        grids = {tuple(s[1:]) for s in shapes.values()}
+        # the loader's own opening (sidecar present, frames of the sidecar's shape), once per run
+        mapped_runs = {path: open_cached_run(path)[0] for path in runs}
+        grids = {tuple(m.shape[1:]) for m in mapped_runs.values()}
         if len(grids) > 1:
             raise CacheError(f"cached runs of one split have different grids {sorted(grids)}", next(iter(runs)),
                              fix="rebuild the cache: one grid per model")
@@ -193,7 +194,7 @@ class DeviceFrames(DataLoader):
         row_of: dict[tuple[str, int], int] = {}
         start = 0
         for path, ts in runs.items():
-            mapped = self._open(path)
+            mapped = mapped_runs[path]
             if ts[-1] >= mapped.shape[0]:
                 raise DataError(f"frame {ts[-1]} is beyond the cached run's {mapped.shape[0]} volumes", path,
                                 fix="rebuild the datalist from the run's real length")
@@ -203,17 +204,6 @@ class DeviceFrames(DataLoader):
             start += len(ts)
         rows = [row_of[(str(item[self.image_key]), int(item[self.frame_key]))] for item in items]
         return frames, torch.as_tensor(rows, dtype=torch.long, device=self.device)
-
-    @staticmethod
-    def _open(path: str) -> np.ndarray:
-        if not path.endswith(".npy"):
-            raise DataError(f"not a cached run: {path}", path,
-                            fix="map items to the cache first (monai_emotion.data.cache.attach_cache)")
-        frames = np.load(path, mmap_mode="r")
-        if frames.ndim != 4:
-            raise CacheError(f"cached run has shape {frames.shape}, not (volumes, X, Y, Z)", path,
-                             fix="rerun prepare_cache")
-        return frames
 
     def batch(self, positions: Sequence[int]) -> dict[str, Any]:
         """The batch of the items at ``positions``: the loader's keys, ``image`` gathered on the device."""
