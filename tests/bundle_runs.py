@@ -22,6 +22,18 @@ EVALUATE = str(CONFIGS / "evaluate.json")
 TINY = {"subjects": 1, "scale": 6, "volumes_per_run": 40, "seed": 0}
 
 
+def tiny_bundle(root: Path) -> dict:
+    """One synthetic subject on a coarse grid (seed 3) under ``root`` and the overrides a bundle
+    run on it needs: held-out runs 7 (validation) and 8 (test), batches of 8."""
+    from monai_emotion.data.synthetic import make_synthetic
+
+    data = root / "bids"
+    make_synthetic(data, subjects=1, scale=6, volumes_per_run=40, seed=3, progress=False)
+    return {"root": root, "overrides": {
+        "dataset_dir": str(data), "annotations_dir": str(data / "annotations"), "cache_dir": str(root / "cache"),
+        "data#split": {"kind": "runs", "validate_runs": [7], "test_runs": [8], "gap": 0}, "batch_size": 8}}
+
+
 def tiny_dataset(root: Path) -> Path:
     """The tiny synthetic dataset under ``root`` (made once per test session, then reused)."""
     from monai_emotion.data.synthetic import make_synthetic

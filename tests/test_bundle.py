@@ -10,32 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_runs import CONFIGS, EVALUATE, REPO, TRAIN
-
-from monai_emotion.data.synthetic import make_synthetic
+from bundle_runs import CONFIGS, EVALUATE, REPO, TRAIN, tiny_bundle
 
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
-SPLIT = {"kind": "runs", "validate_runs": [7], "test_runs": [8], "gap": 0}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """One synthetic subject on a coarse grid; every override a bundle run needs."""
-    root = tmp_path_factory.mktemp("bundle")
-    data = root / "bids"
-    make_synthetic(data, subjects=1, scale=6, volumes_per_run=40, seed=3, progress=False)
-    return {
-        "root": root,
-        "overrides": {
-            "dataset_dir": str(data),
-            "annotations_dir": str(data / "annotations"),
-            "cache_dir": str(root / "cache"),
-            "data#preprocessing#downsample": 1,
-            "data#split": SPLIT,
-            "batch_size": 8,
-        },
-    }
+    bundle = tiny_bundle(tmp_path_factory.mktemp("bundle"))
+    bundle["overrides"]["data#preprocessing#downsample"] = 1
+    return bundle
 
 
 def _cli_args(overrides: dict) -> list[str]:

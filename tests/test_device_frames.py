@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_runs import CONFIGS, TRAIN
+from bundle_runs import CONFIGS, TRAIN, tiny_bundle
 
 from monai_emotion.data.device_frames import (
     DeviceFrames,
@@ -20,22 +20,16 @@ from monai_emotion.data.device_frames import (
     frames_nbytes,
     use_device_frames,
 )
-from monai_emotion.data.synthetic import make_synthetic
 from monai_emotion.errors import ConfigError
-
-SPLIT = {"kind": "runs", "validate_runs": [7], "test_runs": [8], "gap": 0}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """One synthetic subject on a coarse grid and the overrides that train on it."""
-    root = tmp_path_factory.mktemp("device_frames")
-    data = root / "bids"
-    make_synthetic(data, subjects=1, scale=6, volumes_per_run=40, seed=3, progress=False)
-    return {"root": root, "overrides": {
-        "dataset_dir": str(data), "annotations_dir": str(data / "annotations"), "cache_dir": str(root / "cache"),
-        "data#split": SPLIT, "batch_size": 8, "output_dir": str(root / "runs"), "ckpt_dir": str(root / "models"),
-    }}
+    bundle = tiny_bundle(tmp_path_factory.mktemp("device_frames"))
+    root = bundle["root"]
+    bundle["overrides"].update({"output_dir": str(root / "runs"), "ckpt_dir": str(root / "models")})
+    return bundle
 
 
 def _parser(tiny: dict, monkeypatch: pytest.MonkeyPatch, **overrides: object):
