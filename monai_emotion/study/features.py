@@ -135,7 +135,7 @@ class FeatureStore:
         self.shape = tuple(int(n) for n in maps[0].shape[1:])
         self._affine: np.ndarray | None = None
         lengths = np.array([m.shape[0] for m in maps])
-        self._censored = {p: censored_frames(p) for p in self.paths}
+        self._censored: dict[str, Any] = {}  # per run, read when a window first needs it
         self.offsets = dict(zip(self.paths, np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist(), strict=True))
         self._maps = dict(zip(self.paths, maps, strict=True))
         self.in_ram = float(lengths.sum()) * self.columns.size * 4 <= max_ram_bytes
@@ -164,6 +164,8 @@ class FeatureStore:
         """
         if check_temporal_context(context, where="FeatureStore.matrix(context=...)") == 1:
             return self._frames(items)
+        for path in {i["image"] for i in items} - self._censored.keys():
+            self._censored[path] = censored_frames(path)
         windows = [(i, context_frames(int(i["frame"]), context, self._maps[i["image"]].shape[0],
                                       self._censored[i["image"]])) for i in items]
         out = np.zeros((len(items), self.n_features), dtype=np.float32)
