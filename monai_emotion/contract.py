@@ -5,10 +5,14 @@ Training writes, beside ``model.pt``:
 ``contract.json``
     the image space, the source grid (shape and affine), the crop box and downsampling, the
     preprocessing spec, the label rule, the class names, the stored grid, the network's
-    full definition (``_target_`` and arguments) and the temporal context (volumes per
-    sample, as channels; contracts written before it read as 1);
+    full definition (``_target_`` and arguments), the temporal context (volumes per
+    sample, as channels; contracts written before it read as 1) and, for a model trained with
+    ``data#alignment``, the alignment (method, settings, reference subject, fit runs);
 ``mask.nii.gz``
-    the training mask on the source grid.
+    the training mask on the source grid;
+``alignment/``
+    aligned models only: the parcels and the reference's fit frames a new subject is aligned
+    to (:mod:`monai_emotion.align.model`).
 
 Evaluation checks its data against the contract; inference applies it: a new subject's runs
 are cached through exactly this mask and crop (its voxel *i* is the training's voxel *i*),
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from monai_emotion import __version__
+from monai_emotion.align.model import ALIGNMENT_DIR, save_alignment
 from monai_emotion.data.cache.spec import PreprocessingSpec
 from monai_emotion.data.labels import LabelRule
 from monai_emotion.errors import ConfigError, ImageError
@@ -81,6 +86,8 @@ class Contract:
     temporal_context: int = 1
     #: names of a multi-task model's outputs after the K logits (``network_def#dimensions``)
     dimensions: tuple[str, ...] = ()
+    #: functional alignment (:func:`monai_emotion.align.model.save_alignment`); ``None``: none
+    alignment: Mapping[str, Any] | None = None
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -94,7 +101,10 @@ class Contract:
         return DIMENSIONS[:count] if count <= len(DIMENSIONS) else tuple(f"dimension_{k}" for k in range(count))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["alignment"] is None:  # unaligned contracts (and their digests) stay as they were
+            del out["alignment"]
+        return out
 
     def digest(self) -> str:
         return json_digest(self.to_dict())
@@ -167,6 +177,7 @@ def save_contract(ckpt_dir: str | os.PathLike, experiment: Mapping[str, Any], ne
                     "subjects": sorted({str(s["subject"]) for s in sidecars})},
         temporal_context=context,
         dimensions=tuple(str(n) for n in experiment.get("dimensions") or ()),
+        alignment=save_alignment(folder, experiment.get("alignment")),
     )
     return atomic_write_json(folder / CONTRACT_FILE, contract.to_dict(), ConfigError)
 
@@ -287,6 +298,8 @@ def check_source_grid(contract: Contract, runs: Sequence[Any], names: Mapping[st
 
 
 def copy_contract(ckpt_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Copy the contract files into another model folder (the exported bundle)."""
+    """Copy the contract files (and an aligned model's ``alignment/``) into another model folder."""
     for name in (CONTRACT_FILE, MASK_FILE):
         shutil.copy2(Path(ckpt_dir) / name, Path(dest) / name)
+    if (Path(ckpt_dir) / ALIGNMENT_DIR).is_dir():  # a new subject's fit needs it: the export stays self-contained
+        shutil.copytree(Path(ckpt_dir) / ALIGNMENT_DIR, Path(dest) / ALIGNMENT_DIR, dirs_exist_ok=True)

@@ -3,7 +3,9 @@
 A model only sees volumes prepared the way its training data were: the training's mask and
 crop (from ``models/mask.nii.gz``, never recomputed from the new inputs), downsampling,
 per-run detrending and z-scoring, with voxels outside a run's own coverage zero-filled
-(:mod:`monai_emotion.contract`).
+(:mod:`monai_emotion.contract`). A model trained with functional alignment aligns each
+subject first, from its own responses to the model's alignment runs
+(:func:`~monai_emotion.align.model.align_new_subjects`), and predicts the other runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_emotion.align.model import align_new_subjects, describe_alignment
 from monai_emotion.contract import check_source_grid, load_contract
 from monai_emotion.data.studyforrest import TR, discover_runs, normalize_subject, volume_movie_times
 from monai_emotion.errors import LayoutError
@@ -51,6 +54,8 @@ def prepare_inference(
     space: str | None = None,
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    alignment_runs: Sequence[int] | None = None,
+    alignment_predict_fit_runs: bool = False,
 ) -> dict[str, Any]:
     """Items for every volume of the given runs, cached through the model's contract.
 
@@ -64,14 +69,21 @@ def prepare_inference(
     cache_dir
         Where the preprocessed inputs go (default: a folder in the user cache).
     output_dir
-        Where ``coverage.json`` (the covered fraction of the mask per run) is written.
+        Where ``coverage.json`` (the covered fraction of the mask per run) and, for an aligned
+        model, ``alignment.json`` (what the alignment used) are written.
+    alignment_runs
+        Aligned models: the runs each subject's transform is fitted on (default: the model's
+        fit runs, ``contract.json`` ``alignment.fit_runs``); they must be among the inputs.
+    alignment_predict_fit_runs
+        Aligned models: predict the alignment runs too (stimulus-seen; default: not predicted).
 
     Returns
     -------
     dict
         ``items`` (one per volume, label -1), ``classes``, ``spatial_shape``, ``cache_dir``,
         ``coverage`` (``{"sub-XX_run-YY": fraction}``), ``temporal_context`` (the contract's
-        volumes per sample: the dataset builds the training's windows from it).
+        volumes per sample: the dataset builds the training's windows from it), ``alignment``
+        (the record of :func:`~monai_emotion.align.model.align_new_subjects`, or ``None``).
 
     Raises
     ------
@@ -108,6 +120,10 @@ def prepare_inference(
     check_source_grid(contract, discover_runs(root, pattern, subject_list, **lengths).runs, given)
     index = prepare_cache(root, cache / "preprocessed", contract.inference_spec(ckpt_dir), space=pattern,
                           subjects=subject_list, progress=progress, **lengths)
+    index, aligned = align_new_subjects(index, contract.alignment, ckpt_dir, alignment_runs,
+                                        alignment_predict_fit_runs)
+    if aligned is not None and progress:
+        print(describe_alignment(aligned), flush=True)
     items, coverage = [], {}
     for (subject, run), entry in sorted(index.items()):
         if entry.frame_shape != contract.spatial_shape:  # the contract's mask and crop make it equal
@@ -130,5 +146,8 @@ def prepare_inference(
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(output_dir) / "coverage.json",
                           {"min_coverage": contract.preprocessing.get("min_coverage"), "runs": coverage})
+        if aligned is not None:
+            atomic_write_json(Path(output_dir) / "alignment.json", aligned)
     return {"items": items, "classes": list(contract.classes), "spatial_shape": list(contract.spatial_shape),
-            "cache_dir": str(cache), "coverage": coverage, "temporal_context": contract.temporal_context}
+            "cache_dir": str(cache), "coverage": coverage, "temporal_context": contract.temporal_context,
+            "alignment": aligned}

@@ -44,6 +44,11 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(0) / np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))).mean())
 
 
+def _saved(fits: dict) -> dict:
+    """The fit records without the flag saying whether they were read back."""
+    return {s: {k: v for k, v in f.items() if k != "reused"} for s, f in fits.items()}
+
+
 def test_planted_displacement_is_undone_on_unseen_frames():
     """A subject whose responses sit one voxel over: aligned, it correlates better with the reference."""
     rng = np.random.default_rng(0)
@@ -106,31 +111,64 @@ def test_aligned_cache_is_reused_and_keeps_the_grid(world):
     before = {k: (v.path, v.shape) for k, v in aligned.items()}
     again, second = align_cache(index, PROCRUSTES, SPLIT, gap=20.0)
     assert {k: (v.path, v.shape) for k, v in again.items()} == before
-    assert second["fits"] == record["fits"]  # transforms read back, not refitted
+    assert all(fit.get("reused") or fit.get("reference") for fit in second["fits"].values())  # read back
+    assert _saved(second["fits"]) == _saved(record["fits"])
     for key, entry in aligned.items():
         assert entry.shape == index[key].shape
     assert aligned["01", 1].path == index["01", 1].path  # the reference is its own space
     assert align_cache(index, {"method": "none"}, SPLIT, gap=20.0) == (index, None)
 
 
-def test_bundle_trains_with_alignment_and_records_it(world, tmp_path):
-    """A tiny unseen-subject training with data#alignment procrustes, through train.json."""
+def test_bundle_trains_aligned_and_infers_on_a_new_subject(world, tmp_path):
+    """Train an aligned cross-subject model on sub-01 and sub-02 through train.json, then infer on sub-03,
+    which no training saw: its transform is fitted from its alignment runs, reported, saved, reused."""
+    from monai_emotion.inference import prepare_inference
     from monai_emotion.study.bundle import run_workflow
     from monai_emotion.study.config import default_bundle
 
     root, index = world
-    out = tmp_path / "run"
+    out, split = tmp_path / "run", {"kind": "runs", "test_runs": [4, 8], "validate_runs": [3, 7]}
     overrides = {"bundle_root": str(default_bundle()), "dataset_dir": str(root / "data"),
                  "annotations_dir": str(root / "data" / "annotations"), "cache_dir": index.root,
                  "output_dir": str(out / "train"), "ckpt_dir": str(out / "ckpt"), "epochs": 1,
-                 "data#preprocessing": {"downsample": 2}, "data#split": SPLIT, "data#alignment": PROCRUSTES}
+                 "data#subjects": ["01", "02"], "data#preprocessing": {"downsample": 2}, "data#split": split,
+                 "data#alignment": PROCRUSTES}
     configs = [str(default_bundle() / "configs" / "train.json")]
     run_workflow(configs, overrides, tmp_path / "train.log")
-    versions = json.loads((out / "train" / "versions.json").read_text())
-    recorded = versions["data"]["alignment"]
+    recorded = json.loads((out / "train" / "versions.json").read_text())["data"]["alignment"]
     assert recorded["method"] == "procrustes" and recorded["fit_runs"] == [1, 2, 5, 6]
     assert all(np.load(p)["rotations"].size for p in recorded["transforms"].values())
-    assert (out / "ckpt" / "model.pt").is_file()
+    # the contract carries the alignment, and the model folder what a new subject's fit needs
+    saved = json.loads((out / "ckpt" / "contract.json").read_text())["alignment"]
+    assert saved["reference"] == "01" and saved["fit_runs"] == [1, 2, 5, 6] and saved["folder"] == "alignment"
+    assert sorted(p.name for p in (out / "ckpt" / "alignment" / "reference").glob("*.npy")) == [
+        f"sub-01_run-0{r}.npy" for r in (1, 2, 5, 6)]
+
+    inference = [str(default_bundle() / "configs" / "inference.json")]
+    events = {}
+    for call in ("first", "second"):
+        run_workflow(inference, {"bundle_root": str(default_bundle()), "ckpt_dir": str(out / "ckpt"),
+                                 "dataset_dir": str(root / "data"), "subjects": ["03"],
+                                 "cache_dir": str(tmp_path / "inf_cache"), "output_dir": str(tmp_path / call)})
+        used = json.loads((tmp_path / call / "alignment.json").read_text())
+        assert used["reference"] == "01" and used["alignment_runs"] == [1, 2, 5, 6]
+        assert used["predicted_runs"] == [3, 4, 7, 8] and used["stimulus_seen_runs"] == []
+        fit = used["subjects"]["03"]
+        assert fit["fit_volumes"] > 0 and fit["reused"] == (call == "second")
+        assert np.load(fit["transform"])["rotations"].size
+        events[call] = {p.name: p.read_text() for p in sorted((tmp_path / call).glob("*_events.tsv"))}
+    assert len(events["first"]) == 4 and events["first"] == events["second"]  # same transform, same predictions
+
+    for bad, message in (({"alignment_runs": [3]}, "not among the runs"),
+                         ({"alignment_runs": [1, 2, 5, 6], "subjects": ["02"]}, None)):
+        kwargs = {"inputs": root / "data", "ckpt_dir": out / "ckpt", "cache_dir": tmp_path / "inf_cache",
+                  "subjects": ["03"], "progress": False, **bad}
+        if message is None:  # a training subject: aligned by its own fit too, the reference's frames unchanged
+            assert prepare_inference(**kwargs)["alignment"]["subjects"]["02"]["fit_volumes"] > 0
+            continue
+        with pytest.raises(ConfigError) as caught:
+            prepare_inference(**kwargs)
+        assert message in caught.value.what and "alignment_runs" in str(caught.value.fix)
     with pytest.raises(Exception) as caught:  # MONAI wraps the config error
         run_workflow(configs, {**overrides, "data#alignment": {**PROCRUSTES, "fit_runs": [1, 4]}})
     error = find_user_error(caught.value)

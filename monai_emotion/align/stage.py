@@ -193,16 +193,20 @@ class _Stage:
     """One aligned folder: its parcels, each subject's transform, each aligned run."""
 
     def __init__(self, spec: AlignmentSpec, folder: Path, reference: Mapping[int, CachedRun], fit_runs: tuple[int, ...],
-                 gap: float, lengths: Mapping[int, int], digest: str) -> None:
+                 gap: float, lengths: Mapping[int, int], digest: str, parcels: Path | None = None) -> None:
         self.spec, self.folder, self.reference, self.fit_runs = spec, folder, reference, fit_runs
         self.gap, self.lengths, self.digest = gap, lengths, digest
-        self.parcels = self._parcels()
+        self.parcels = self._parcels(parcels)
 
-    def _parcels(self) -> Parcellation:
+    def _parcels(self, given: Path | None) -> Parcellation:
         path = self.folder / "parcels.npz"
-        if path.is_file():
-            with np.load(path) as saved:
-                return Parcellation.from_arrays(dict(saved))
+        for source in (given, path):  # a saved model's parcels first: a new subject gets the training's
+            if source is not None and Path(source).is_file():
+                with np.load(source) as saved:
+                    parcels = Parcellation.from_arrays(dict(saved))
+                if source != path and not path.is_file():
+                    fileio.atomic_write_bytes(path, Path(source).read_bytes(), CacheError)
+                return parcels
         pairs = _pairs(self.reference, self.reference, self.fit_runs, self.gap, self.lengths)
         if not pairs:
             raise CacheError("the alignment reference has no usable volume in the fit runs", self.folder,
@@ -226,7 +230,7 @@ class _Stage:
         record = fileio.read_json(path.with_suffix(".json"))
         if record is not None and record.get("digest") == digest and path.is_file():
             with np.load(path) as saved:
-                return PiecewiseProcrustes.from_arrays(dict(saved)), record
+                return PiecewiseProcrustes.from_arrays(dict(saved)), {**record, "reused": True}
         started = time.perf_counter()
         source = _stack(pairs, 0, self.parcels)
         target = _stack(pairs, 1, self.parcels)
@@ -283,6 +287,8 @@ def align_cache(
     split: Mapping[str, Any],
     gap: float,
     reference_index: Callable[[str], CacheIndex] | None = None,
+    parcels: Path | None = None,
+    lengths: Mapping[int, int] | None = None,
 ) -> tuple[CacheIndex, dict[str, Any] | None]:
     """The aligned cache of ``index``'s runs and the alignment's record (``None`` for ``"none"``).
 
@@ -299,6 +305,12 @@ def align_cache(
     reference_index
         Called with the reference subject when it is not among ``index``'s subjects (a new
         subject at inference): returns the reference's cached runs on the same grid.
+    parcels
+        A saved ``parcels.npz`` to use instead of parcelling the reference's frames (a saved
+        model's, so a new subject is fitted on the training's parcels).
+    lengths
+        Volumes per run of every run of the movie (default: the reference's cached runs); the
+        fit leaves out volumes within ``gap`` of the runs outside the fit runs among these.
     """
     spec = AlignmentSpec.from_dict(alignment)
     if spec.method == "none":
@@ -314,7 +326,7 @@ def align_cache(
         subjects_ref = _by_subject(reference_index(reference))[reference]
     else:
         subjects_ref = subjects[reference]
-    lengths = {run: entry.n_volumes for run, entry in subjects_ref.items()}
+    lengths = dict(lengths) if lengths else {run: entry.n_volumes for run, entry in subjects_ref.items()}
     first = next(iter(subjects_ref.values()))
     params = (fileio.read_json(first.sidecar) or {}).get("fingerprint", {}).get("params")
     settings = {**spec.to_dict(), "fit_runs": list(fit_runs), "reference": reference, "gap": float(gap)}
@@ -324,11 +336,14 @@ def align_cache(
     if is_rank0():
         folder.mkdir(parents=True, exist_ok=True)
         fileio.atomic_write_json(folder / "alignment.json", {**settings, "digest": digest}, CacheError)
-        entries, fits = _build(spec, folder, subjects, subjects_ref, reference, fit_runs, gap, lengths, digest)
+        entries, fits = _build(spec, folder, subjects, subjects_ref, reference, fit_runs, gap, lengths, digest, parcels)
     barrier()
     if not is_rank0():  # the other ranks read what rank 0 wrote
-        entries, fits = _build(spec, folder, subjects, subjects_ref, reference, fit_runs, gap, lengths, digest)
+        entries, fits = _build(spec, folder, subjects, subjects_ref, reference, fit_runs, gap, lengths, digest, parcels)
     record = {**settings, "digest": digest, "folder": str(folder),
+              # what a new subject's fit needs (monai_emotion.align.model saves it with the model)
+              "run_lengths": {str(r): int(n) for r, n in sorted(lengths.items())},
+              "reference_runs": {str(r): subjects_ref[r].sidecar for r in fit_runs if r in subjects_ref},
               "transforms": {s: str(folder / "transforms" / f"sub-{s}.npz") for s, fit in fits.items()
                              if not fit.get("reference")},
               "fits": fits, "n_parcels": None}
@@ -339,8 +354,8 @@ def align_cache(
 
 def _build(spec: AlignmentSpec, folder: Path, subjects: Mapping[str, Mapping[int, CachedRun]],
            reference: Mapping[int, CachedRun], ref_label: str, fit_runs: tuple[int, ...], gap: float,
-           lengths: Mapping[int, int], digest: str) -> tuple[list[CachedRun], dict[str, Any]]:
-    stage = _Stage(spec, folder, reference, fit_runs, gap, lengths, digest)
+           lengths: Mapping[int, int], digest: str, parcels: Path | None) -> tuple[list[CachedRun], dict[str, Any]]:
+    stage = _Stage(spec, folder, reference, fit_runs, gap, lengths, digest, parcels)
     entries, fits = [], {}
     for subject, runs in sorted(subjects.items()):
         if subject == ref_label:  # the reference's space is the target: its runs are used as they are
