@@ -197,6 +197,20 @@ def study(config: str, out: str | None = None, only: str | None = None, force: b
     study_cli(config, out=out, only=only, force=force)
 
 
+def report(results_dir: str) -> None:
+    """Rebuild report.md and report.html of a finished study from its summary.json (trains nothing).
+
+    Parameters
+    ----------
+    results_dir: the study's output folder (its --out)
+    """
+    from monai_emotion.study.report import rebuild_report
+
+    start = time.perf_counter()
+    path = rebuild_report(results_dir)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+
+
 def export(bundle_root: str = "bundles/emotion_3dcnn", out: str | None = None, ckpt_dir: str | None = None,
            onnx: bool = True) -> None:
     """Export a trained bundle for the MONAI model zoo and run the zoo's checks on it.
@@ -221,6 +235,7 @@ def _commands() -> dict[str, Callable]:
         "make-synthetic": make_synthetic,
         "prepare": prepare,
         "study": study,
+        "report": report,
         "export": export,
     }
 

@@ -267,6 +267,16 @@ def test_shared_class_decoded_best_across_subjects(planted_study):
         assert most in ranking[:2] and ranking[-1] == least, (decoder, ranking)
 
 
+def test_html_report_renders_offline_with_the_markdown_numbers(planted_study, tmp_path):
+    """``python -m monai_emotion report`` rebuilds both reports untrained; Chromium renders report.html offline."""
+    from tests.test_report_html import check_study_report
+
+    tmp, _, _, _ = planted_study
+    measured = check_study_report(tmp / "results", tmp / "data", tmp_path)
+    print(f"report.html: {measured['bytes'] / 1e6:.2f} MB in {measured['seconds']:.2f} s; {measured['screenshot']}")
+    assert measured["bytes"] < 10e6
+
+
 # ---------------------------------------------------------------- null data: chance and the leak
 
 
