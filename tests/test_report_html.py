@@ -75,10 +75,10 @@ def browser_facts(page_path: Path, screenshot: Path, sort_table: str = "headline
             facts["viewers"] = [frame.evaluate("() => [document.querySelectorAll('canvas, img').length, "
                                                "Array.from(document.images).every(i => i.naturalWidth > 0)]")
                                 for frame in page.frames if frame != page.main_frame]
-            header = page.query_selector_all(f"#{sort_table} table thead th")[sort_column]
+            headers = page.query_selector_all(f"#{sort_table} table thead th")
             facts["sorted"] = []
-            for _ in range(2):  # ascending, then reversed
-                header.click()
+            for _ in range(2 if len(headers) > sort_column else 0):  # ascending, then reversed
+                headers[sort_column].click()
                 facts["sorted"].append(page.eval_on_selector_all(
                     f"#{sort_table} table tbody tr", f"rs => rs.map(r => r.cells[{sort_column}].textContent.trim())"))
             page.screenshot(path=str(screenshot), full_page=True)
@@ -146,9 +146,9 @@ def check_study_report(results: Path, data: Path, tmp_path: Path) -> dict[str, A
 
 def test_markdown_sections_and_extra_sections_render_both_ways(tmp_path: Path) -> None:
     lines = ["## Seen vs unseen", "", "Text with **bold** and `code`.", "", "| a | b |", "|---|---|", "| 1 | x |",
-             "| 2 | y |", "", "![a figure](figures/none.png)", ""]
+             "| - | - |", "", "![a figure](figures/none.png)", ""]
     parsed = section_from_markdown("align", lines)
-    assert parsed["title"] == "Seen vs unseen" and parsed["tables"][0]["rows"] == [["1", "x"], ["2", "y"]]
+    assert parsed["title"] == "Seen vs unseen" and parsed["tables"][0]["rows"] == [["1", "x"], ["-", "-"]]
     assert parsed["figures"] == [{"path": "figures/none.png", "caption": "a figure"}]
     extra = section("extra", "Extra <b>", ["- one\n- <two>"], [table(["k", "v"], [["3", 0.5]])])
     md = render_markdown("T", [parsed, extra])
@@ -166,3 +166,25 @@ def test_report_command_names_a_folder_that_is_not_a_study(tmp_path: Path) -> No
     with pytest.raises(MonaiEmotionError, match="not a finished study") as caught:
         rebuild_report(tmp_path)
     assert str(tmp_path) in str(caught.value)
+
+
+def test_page_renders_offline_in_chromium(tmp_path: Path) -> None:
+    """A small page (a sortable table, a figure, a viewer) in the browser, without a study."""
+    from monai_emotion.study.figures import new_figure, save
+    from monai_emotion.study.report_html import write_html
+
+    fig = new_figure(2, 2)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    save(fig, tmp_path / "figures" / "f.png")
+    (tmp_path / "saliency").mkdir()
+    values = np.random.default_rng(0).normal(size=(10, 12, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(values, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "saliency" / "m.nii.gz")
+    rows = [["b", "x", "y", "z", "0.50"], ["a", "x", "y", "z", "-"], ["c", "x", "y", "z", "0.25"]]
+    page = write_html("T", [section("headline", "Headline", tables=[table(["k", "1", "2", "3", "v"], rows)],
+                                    figures=[{"path": "figures/f.png", "caption": "a line"}],
+                                    viewers=[{"path": "saliency/m.nii.gz", "title": "a map"}])], tmp_path)
+    facts = browser_facts(page, tmp_path / "page.png")
+    assert not facts["console_errors"] and not facts["blocked"], facts
+    assert facts["images"] == [["a line", 200]] and facts["viewers"] == [[4, True]], facts
+    assert facts["sorted"] == [["0.25", "0.50", "-"], ["0.50", "0.25", "-"]]  # missing last both ways
+    assert (tmp_path / "page.png").stat().st_size > 5_000

@@ -113,7 +113,6 @@ def _statistics_text(summary: dict[str, Any]) -> str:
             f"runs: {format_number(stats.get('gap'), 1)} s of movie time.")
 
 
-
 def _clustering_verdict(within: float, between: float) -> str:
     """What the co-occurrence numbers say about the seed's five-class "heuristic clustering"."""
     if within - between < 0.15:
@@ -156,7 +155,8 @@ def section_from_markdown(id: str, lines: list[str]) -> dict[str, Any] | None:
     def flush() -> None:
         if block and block[0].startswith("|"):
             rows = [[c.strip() for c in b.strip().strip("|").split("|")] for b in block]
-            out["tables"].append(table(rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-:")]))
+            separator = len(rows) > 1 and set("".join(rows[1])) <= set("-:")
+            out["tables"].append(table(rows[0], rows[2:] if separator else rows[1:]))
         elif block:
             out["paragraphs"].append("\n".join(block))
         block.clear()
