@@ -136,6 +136,11 @@ def check_study_report(results: Path, data: Path, tmp_path: Path) -> dict[str, A
     assert facts["headline"] == markdown_table(md, "Headline")  # one computation, two renderings
     assert len(facts["headline"]) == len(summary["headline"])  # one row per protocol and decoder
     assert {(r[1], r[3]) for r in facts["headline"]} == {(h["test_set"], h["decoder"]) for h in summary["headline"]}
+    # provenance: one retraining command per CNN model; the tiny world's 60-volume runs are warned of
+    commands = [line for line in md.splitlines() if line.endswith("--force |") and not line.startswith("| perm-")]
+    assert len(commands) == summary["models_done"]["cnn"], commands
+    warnings = md.split("## Warnings\n", 1)[1].split("\n## ", 1)[0]
+    assert "is short" in warnings and "flagged" in warnings, warnings
     ascending, descending = (_numbers(cells) for cells in facts["sorted"])
     before = _numbers([r[4] for r in facts["headline"]])
     assert ascending == sorted(before) != before and descending == sorted(before, reverse=True), facts["sorted"]

@@ -48,8 +48,8 @@ def model_records(root: Path) -> Records:
     out = []
     for path in sorted((root / "models" / "cnn").glob("**/model.json")):
         record = read_json(path) or {}
-        out.append((str(record.get("id") or path.parent.relative_to(root)), record,
-                    read_json(path.parent / "train" / "versions.json") or {}))
+        if "spec" in record:  # the study's record of a model, not the network's ckpt/model.json
+            out.append((str(record["id"]), record, read_json(path.parent / "train" / "versions.json") or {}))
     return out
 
 
