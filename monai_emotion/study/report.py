@@ -339,7 +339,20 @@ def render_markdown(title: str, sections: list[dict[str, Any]]) -> str:
 
 
 def write_report(summary: dict[str, Any], root: Path) -> Path:
-    """Write ``root/report.md`` and ``root/report.html`` from the summary; the path of ``report.html``."""
+    """Write ``root/report.md`` and ``root/report.html`` from the summary.
+
+    Parameters
+    ----------
+    summary
+        The study summary (``summary.json``); its optional ``sections`` are appended.
+    root
+        The study folder (figures, ``results.csv`` and the models are read from it).
+
+    Returns
+    -------
+    Path
+        ``root/report.html``.
+    """
     from monai_emotion.study.report_html import write_html
 
     root = Path(root)
@@ -349,7 +362,23 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
 
 
 def rebuild_report(root: str | Path) -> Path:
-    """Rewrite both reports of a finished study from its ``summary.json`` (nothing is trained)."""
+    """Rewrite both reports of a finished study from its ``summary.json`` (nothing is trained).
+
+    Parameters
+    ----------
+    root
+        The study folder (the ``--out`` of ``python -m monai_emotion study``).
+
+    Returns
+    -------
+    Path
+        ``root/report.html``.
+
+    Raises
+    ------
+    MonaiEmotionError
+        When ``root`` holds no ``summary.json`` (not a finished study).
+    """
     root = Path(root)
     if not (root / "summary.json").is_file():
         raise MonaiEmotionError("not a finished study: no summary.json", root,

@@ -94,8 +94,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def provenance(summary: dict[str, Any], root: Path, records: Records
-                ) -> dict[str, Any]:
+def provenance(summary: dict[str, Any], root: Path, records: Records) -> dict[str, Any]:
     """Study config, package versions, digests and the command that reproduces each model."""
     config = read_json(root / "study.json") or {}
     command = f"python -m monai_emotion study --config {summary['config']} --out {root}"
@@ -105,14 +104,19 @@ def provenance(summary: dict[str, Any], root: Path, records: Records
     digests += [[name, file_sha256(root / name)[:16]] for name in ("results.csv", "summary.json") if (root / name).is_file()]
     digests += [[f"preprocessing cache {Path(c).name}", "(its name carries the data and preprocessing digest)"]
                 for c in sorted({(v.get("data") or {}).get("cache_dir") for _, _, v in records} - {None})]
-    models = [[model, record.get("digest", "-"), format_number(record.get("train_seconds"), 1),
+    def mask(model: str) -> str:  # the training mask's digest, from the model's contract
+        contract = read_json(root / "models" / "cnn" / model / "ckpt" / "contract.json") or {}
+        return str(contract.get("mask_sha256") or "-")[:16]
+
+    models = [[model, record.get("digest", "-"), mask(model), format_number(record.get("train_seconds"), 1),
                f"{command} --only cnn:permutations --force" if model.startswith("perm-")
                else f"{command} --only '{model}' --force"] for model, record, _ in records]
     return section("provenance", "Provenance", [
         f"The whole study: `{command}` (finished models are reused). This report, without training: "
         f"`python -m monai_emotion report {root}`. Each model below: its settings digest (model.json; it covers "
-        "every setting that shapes the model) and the command that retrains it (every decoder of that model id)."],
+        "every setting that shapes the model), the digest of the mask it was trained on (ckpt/contract.json) and "
+        "the command that retrains it (every decoder of that model id)."],
         tables=[table(["study setting", "value"], [[k, json.dumps(v, sort_keys=True)] for k, v in config.items()]),
                 table(["package", "training (versions.json)", "this report"], versions),
                 table(["item", "digest"], digests),
-                table(["model", "settings digest", "train s", "command"], models)])
+                table(["model", "settings digest", "mask sha256", "train s", "command"], models)])
