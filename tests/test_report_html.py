@@ -120,6 +120,9 @@ def check_study_report(results: Path, data: Path, tmp_path: Path) -> dict[str, A
         emotions[emotion] = {"file": name, "voxels": 1}
     summary["saliency"] = {"method": "integrated_gradients", "experiments": ["within"], "n_models": 3,
                            "subjects": ["01"], "kind": "descriptive", "emotions": emotions}
+    # a section another stage hands in (appended in order, before the provenance)
+    summary["sections"] = [{"id": "extra", "title": "An extra section", "paragraphs": ["from another stage"],
+                            "tables": [], "figures": []}]
     (study / "summary.json").write_text(json.dumps(summary))
     models = {p: p.stat().st_mtime_ns for p in (study / "models").rglob("*") if p.is_file()}
     started = time.perf_counter()
@@ -133,6 +136,7 @@ def check_study_report(results: Path, data: Path, tmp_path: Path) -> dict[str, A
     assert not facts["console_errors"] and not facts["blocked"], facts
     assert len(facts["images"]) >= 8 and all(w for _, w in facts["images"]), facts["images"]
     md = (study / "report.md").read_text()
+    assert md.index("## An extra section") < md.index("## Provenance") and '<section id="extra">' in text
     assert facts["headline"] == markdown_table(md, "Headline")  # one computation, two renderings
     assert len(facts["headline"]) == len(summary["headline"])  # one row per protocol and decoder
     assert {(r[1], r[3]) for r in facts["headline"]} == {(h["test_set"], h["decoder"]) for h in summary["headline"]}
@@ -155,7 +159,9 @@ def test_markdown_sections_and_extra_sections_render_both_ways(tmp_path: Path) -
     parsed = section_from_markdown("align", lines)
     assert parsed["title"] == "Seen vs unseen" and parsed["tables"][0]["rows"] == [["1", "x"], ["-", "-"]]
     assert parsed["figures"] == [{"path": "figures/none.png", "caption": "a figure"}]
-    extra = section("extra", "Extra <b>", ["- one\n- <two>"], [table(["k", "v"], [["3", 0.5]])])
+    # the shape other stages hand in through summary["sections"]: no viewers, no notes
+    extra = {"id": "extra", "title": "Extra <b>", "paragraphs": ["- one\n- <two>"],
+             "tables": [{"columns": ["k", "v"], "rows": [["3", "0.5"]], "sortable": True}], "figures": []}
     md = render_markdown("T", [parsed, extra])
     assert "| 1 | x |" in md and "## Extra <b>" in md and "| 3 | 0.5 |" in md
     page = render_html("T", [parsed, extra], tmp_path)
