@@ -185,3 +185,54 @@ def test_study_key_reaches_only_multi_subject_models():
     assert alignment_overrides(AlignmentSettings(), unseen) == {}
     with pytest.raises(ConfigError):
         AlignmentSettings(method="hyper")
+
+
+def test_study_section_and_aligned_linear_baseline(world, tmp_path, monkeypatch):
+    """A tiny linear-only study: the alignment section's numbers are results.csv's pooled rows, and
+    the linear baseline of an unseen-subject model reads the aligned frames when given the aligner."""
+    import pandas as pd
+
+    from monai_emotion.study.alignment import LinearAligner
+    from monai_emotion.study.alignment_report import FIGURE, alignment_section, load_variants
+    from monai_emotion.study.baseline import LinearBaseline
+    from monai_emotion.study.config import load_study
+    from monai_emotion.study.context import prepare_context
+    from monai_emotion.study.features import DataViews
+    from monai_emotion.study.runner import run_study
+
+    root, _ = world
+    monkeypatch.setenv("MONAI_EMOTION_HOME", str(tmp_path / "home"))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({
+        "data": {"dataset_dir": str(root / "data"), "annotations_dir": str(root / "data" / "annotations"),
+                 "cache_dir": str(tmp_path / "cache")},
+        "preprocessing": {"downsample": 2, "mask_strategy": "group"}, "training": {"epochs": 1},
+        "experiments": ["within", "unseen"],
+        "splits": {"run_folds": 4, "folds": [0]}, "permutations": {"linear": 0, "cnn": 0},
+        "peers": {"decoders": []}, "alignment": PROCRUSTES}))
+    out = tmp_path / "results"
+    run_study(str(config), out=out, only="linear", log=lambda line: None)
+    section = alignment_section(load_variants({"none, k=1": out}), out)
+    assert section["id"] == "alignment" and (out / FIGURE).is_file() and section["figures"][0]["path"] == FIGURE
+    results = pd.read_csv(out / "results.csv")
+    table = section["tables"][0]
+    assert table["sortable"] and len(table["rows"]) == 3  # linear: within heldout, unseen seen/unseen_heldout
+    for row in table["rows"]:
+        decoder, experiment, test_set = row[:3]
+        pooled = results[(results.decoder == decoder) & (results.experiment == experiment) & (results.test_set == test_set)
+                         & (results.subject == "POOLED") & (results.emotion == "ALL") & (results.model == "*")]
+        assert row[table["columns"].index("balanced accuracy")] == f"{pooled.balanced_accuracy.iloc[0]:.3f}"
+
+    study = load_study(config)
+    ctx = prepare_context(study, out, log=lambda line: None)
+    views = DataViews(ctx.experiment, aligner=LinearAligner(study.alignment, ctx.experiment))
+    unseen, within = ctx.plan.of("unseen")[0], ctx.plan.of("within")[0]
+    items, store = views.model_data(unseen)
+    reference = alignment_overrides(study.alignment, unseen)["data#alignment"]["reference"]
+    moved = {i["subject"] for i in items if "/aligned/procrustes-" in i["image"]}
+    assert moved == set(unseen.subjects) - {reference} and store.paths[0] in {i["image"] for i in items}
+    assert views.model_data(within)[1] is views.store(within.subjects)  # single-subject models: not aligned
+    aligned = LinearBaseline(views, study.baseline, ctx.classes).fit_predict(unseen)["unseen_heldout"]
+    plain = LinearBaseline(ctx.views, study.baseline, ctx.classes).fit_predict(unseen)["unseen_heldout"]
+    assert list(aligned["volume"]) == list(plain["volume"])  # the same test volumes ...
+    assert (aligned["predicted_label"] != plain["predicted_label"]).any()  # ... decoded from the aligned frames

@@ -100,8 +100,7 @@ class LinearBaseline:
         """
         from threadpoolctl import threadpool_limits
 
-        items = self.views.table(spec.subjects).items(spec.lag, spec.permutation)
-        store = self.views.store(spec.subjects)
+        items, store = self.views.model_data(spec)
         train, tests = model_items(items, spec)
         y = np.fromiter((i["label"] for i in train), dtype=np.int64, count=len(train))
         decoder = make_decoder(self.settings, store.n_features)

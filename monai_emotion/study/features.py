@@ -14,7 +14,7 @@ models over several subjects, the subject's own mask for a single-subject model 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,13 +202,19 @@ class DataViews:
         The label rule (default: the bundle's).
     context
         Volumes per linear sample (their mean; 1 = the volume alone).
+    aligner
+        Model spec -> group-grid path to aligned path, or ``None`` for an unaligned model
+        (:class:`~monai_emotion.study.alignment.LinearAligner`); ``None``: no model is aligned.
     """
 
     def __init__(self, experiment: Mapping[str, Any],
                  subject_experiments: Mapping[str, Mapping[str, Any]] | None = None,
-                 rule: LabelRule | None = None, context: int = 1) -> None:
+                 rule: LabelRule | None = None, context: int = 1,
+                 aligner: Callable[[Any], Mapping[str, str] | None] | None = None) -> None:
         self._experiments = {None: experiment, **dict(subject_experiments or {})}
         self._rule = rule
+        self.aligner = aligner
+        self._aligned: dict[tuple[str, ...], FeatureStore] = {}
         #: the linear baseline's temporal context (the study's ``training.temporal_context``)
         self.context = check_temporal_context(context, where="training.temporal_context")
         self._tables: dict[str | None, VolumeTable] = {}
@@ -217,9 +223,22 @@ class DataViews:
     def with_rule(self, rule: LabelRule) -> DataViews:
         """The same grids and frames, labelled by another rule (e.g. the other observer set)."""
         other = DataViews(self._experiments[None], {k: v for k, v in self._experiments.items() if k is not None}, rule,
-                          self.context)
-        other._stores = self._stores  # the frames do not depend on the labels: shared
+                          self.context, self.aligner)
+        other._stores, other._aligned = self._stores, self._aligned  # the frames do not depend on the labels
         return other
+
+    def model_data(self, spec: Any) -> tuple[list[dict], FeatureStore]:
+        """The labelled items and frames of model ``spec`` (a :class:`~monai_emotion.study.plan.ModelSpec`):
+        its grid's, or its aligned frames when the aligner aligns it (items then point at them)."""
+        items = self.table(spec.subjects).items(spec.lag, spec.permutation)
+        mapping = self.aligner(spec) if self.aligner is not None else None
+        if not mapping:
+            return items, self.store(spec.subjects)
+        items = [{**i, "image": mapping.get(i["image"], i["image"])} for i in items]
+        paths = tuple(dict.fromkeys(i["image"] for i in items))
+        if paths not in self._aligned:
+            self._aligned[paths] = FeatureStore(paths)
+        return items, self._aligned[paths]
 
     def _key(self, subjects: Sequence[str]) -> str | None:
         return str(subjects[0]) if len(subjects) == 1 and str(subjects[0]) in self._experiments else None
