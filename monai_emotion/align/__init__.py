@@ -1,4 +1,5 @@
-"""Functional alignment: piecewise Procrustes (:mod:`.procrustes`) and the cache stage (:mod:`.stage`)."""
+"""Functional alignment: piecewise Procrustes (:mod:`.procrustes`), the cache stage (:mod:`.stage`) and the
+alignment saved with a model / applied to a new subject at inference (:mod:`.model`)."""
 
 from monai_emotion.align.procrustes import Parcellation, PiecewiseProcrustes, parcellate
 from monai_emotion.align.stage import (
