@@ -156,26 +156,6 @@ class TrainingSettings(_Section):
 
 
 @dataclass(frozen=True)
-class RuntimeSettings(_Section):
-    """``runtime``: torch intra-op threads of this process (1 is fastest on small, shared CPUs; see
-    docs/performance.md); ``parallel_baseline``: fit the linear baseline and its permutations in
-    a second process while the CNNs train (each side uses one core); ``mlflow``: track every CNN
-    training in MLflow (bundle configs/mlflow.json: experiment = study name, run = model id, tags
-    ``study`` and ``model``) into ``mlflow_uri`` (default: ``mlruns.db`` beside the models)."""
-
-    threads: int = 1
-    parallel_baseline: bool = True
-    mlflow: bool = False
-    mlflow_uri: str | None = None
-
-    def __post_init__(self) -> None:
-        self._set("threads", _integer("threads", self.threads, 1))
-        self._set("parallel_baseline", _flag("parallel_baseline", self.parallel_baseline))
-        self._set("mlflow", _flag("mlflow", self.mlflow))
-        self._set("mlflow_uri", text("mlflow_uri", self.mlflow_uri))
-
-
-@dataclass(frozen=True)
 class SplitSettings(_Section):
     """``splits``: run folds (every class in every test fold), the folds modelled, unseen subjects."""
 
@@ -434,3 +414,8 @@ class PeerSettings:
     def runs_for(self, spec: Any) -> bool:
         """Whether ``spec`` gets a peer row (permuted models never do)."""
         return spec.permutation is None and (self.experiments is None or spec.experiment in self.experiments)
+
+
+# defined in its own module, which uses this module's helpers; imported here so that
+# `from monai_emotion.study.settings import RuntimeSettings` keeps working
+from monai_emotion.study.runtime_settings import RuntimeSettings  # noqa: E402
