@@ -198,8 +198,11 @@ def _ray_tasks(ctx: StudyContext, tokens: list[str] | None, force: bool) -> list
     linear = LinearStage(ctx)
     if study.baseline.enabled:
         specs = [s for s in ctx.plan.models if selected("linear", s, tokens)]
-        tasks += [("linear", s, "ray_linear") for s in specs if force or not linear.done(s)]
-        if linear.other_observers():
+        fits = [("linear", s, "ray_linear") for s in specs if force or not linear.done(s)]
+        tasks += fits
+        other = linear.other_observers()
+        # as the local stage: refitted along with the linear models, or when never asked yet
+        if other and (fits or not (ctx.root / "models" / f"linear_{other}").is_dir()):
             tasks.append(("observers", "all", "ray_linear"))
         if study.permutations.linear and selected_permutations("linear", tokens):
             stored = stored_permutations(linear.null_path, {m.experiment for m in ctx.plan.models})
