@@ -118,6 +118,30 @@ def test_killed_worker_is_retried(runs):
     assert (tmp / "ray" / "models" / "cnn" / KILLED / "model.json").is_file()
 
 
+def test_finished_models_are_not_resubmitted(runs):
+    from monai_emotion.study.config import load_study
+    from monai_emotion.study.context import prepare_context
+    from monai_emotion.study.executor import _ray_tasks
+
+    tmp, _ = runs
+    ctx = prepare_context(load_study(tmp / "ray.json"), tmp / "ray", log=lambda line: None)
+    assert _ray_tasks(ctx, None, force=False) == []
+    assert len(_ray_tasks(ctx, None, force=True)) == 2  # the CNN and the linear model (permutations are stored)
+
+
+def test_task_error_is_raised_as_the_user_error(ray_module):
+    from monai_emotion.study.executor import _gather
+
+    @ray_module.remote(max_retries=0)
+    def fails():
+        raise ConfigError("bad setting", "study.json", fix="correct it")
+
+    ref = fails.remote()
+    with pytest.raises(ConfigError, match="bad setting") as err:
+        _gather(ray_module, {ref: ("cnn", "model")}, log=lambda line: None)
+    assert type(err.value) is ConfigError  # not Ray's wrapper around it
+
+
 def test_runtime_settings(tmp_path, monkeypatch):
     def runtime(**given):
         return parse_study({"data": {"synthetic": {"subjects": 1}}, "runtime": given}, tmp_path / "s.json").runtime

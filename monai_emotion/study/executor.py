@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from monai_emotion.errors import ConfigError
+from monai_emotion.errors import ConfigError, MonaiEmotionError
 from monai_emotion.fileio import json_digest
 from monai_emotion.study.context import StudyContext
 from monai_emotion.study.dimensions import DimensionStage
@@ -263,7 +263,10 @@ def _gather(ray: Any, refs: dict[Any, tuple[str, Any]], log: Callable[[str], Non
             took = (f"trained in {result['train_seconds']:.1f} s" if isinstance(result, dict)
                     else "already done" if result is None else f"{result:.1f} s")
             log(f"  ray [{n}/{len(refs)}] {_task_name(kind, payload)}: {took}")
-    except BaseException:
+    except BaseException as exc:
         for ref in pending:
             ray.cancel(ref, force=True)
+        cause = getattr(exc, "cause", None)  # a RayTaskError wraps the task's own exception
+        if isinstance(cause, MonaiEmotionError):
+            raise cause from None  # the user's error as the local executor raises it, not Ray's wrapper
         raise
