@@ -7,4 +7,4 @@ the bundle configs; this package holds what the configs attach to them.
 
 from monai_emotion._lazy import lazy_getattr
 
-__getattr__ = lazy_getattr(__name__, {n: n for n in ("checkpoints", "handlers", "losses", "recipe", "regression", "resume", "writers")})
+__getattr__ = lazy_getattr(__name__, {n: n for n in ("checkpoints", "handlers", "losses", "recipe", "regression", "resume", "speed", "writers")})

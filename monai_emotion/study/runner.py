@@ -110,8 +110,8 @@ def run_study(config: str | os.PathLike, out: str | os.PathLike | None = None,
             summary["saliency"] = group_saliency(ctx)
     summary["timings"] = {**timings, "total": round(time.perf_counter() - start, 2)}
     atomic_write_json(root / "summary.json", summary)
-    write_report(summary, root)
-    log(f"done in {summary['timings']['total']:.0f} s: {root / 'report.md'}")
+    html = write_report(summary, root)
+    log(f"done in {summary['timings']['total']:.0f} s: {html}")
     return summary
 
 
