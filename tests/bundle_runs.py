@@ -34,6 +34,24 @@ def tiny_bundle(root: Path) -> dict:
         "data#split": {"kind": "runs", "validate_runs": [7], "test_runs": [8], "gap": 0}, "batch_size": 8}}
 
 
+def tiny_training(root: Path) -> dict:
+    """:func:`tiny_bundle` with the training outputs and checkpoints under ``root`` too."""
+    bundle = tiny_bundle(root)
+    bundle["overrides"].update({"output_dir": str(root / "runs"), "ckpt_dir": str(root / "models")})
+    return bundle
+
+
+def train_parser(tiny: dict, monkeypatch, **overrides: object):
+    """``configs/train.json`` parsed in-process on a :func:`tiny_training` world, with ``overrides``."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setenv("MONAI_EMOTION_HOME", str(tiny["root"] / "home"))
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({**tiny["overrides"], **overrides})
+    return parser
+
+
 def tiny_dataset(root: Path) -> Path:
     """The tiny synthetic dataset under ``root`` (made once per test session, then reused)."""
     from monai_emotion.data.synthetic import make_synthetic

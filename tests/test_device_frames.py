@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_runs import CONFIGS, TRAIN, tiny_bundle
+from bundle_runs import CONFIGS, TRAIN, tiny_training, train_parser
 
 from monai_emotion.data.device_frames import (
     DeviceFrames,
@@ -26,20 +26,11 @@ from monai_emotion.errors import ConfigError
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """One synthetic subject on a coarse grid and the overrides that train on it."""
-    bundle = tiny_bundle(tmp_path_factory.mktemp("device_frames"))
-    root = bundle["root"]
-    bundle["overrides"].update({"output_dir": str(root / "runs"), "ckpt_dir": str(root / "models")})
-    return bundle
+    return tiny_training(tmp_path_factory.mktemp("device_frames"))
 
 
 def _parser(tiny: dict, monkeypatch: pytest.MonkeyPatch, **overrides: object):
-    from monai.bundle import ConfigParser
-
-    monkeypatch.setenv("MONAI_EMOTION_HOME", str(tiny["root"] / "home"))
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update({**tiny["overrides"], **overrides})
-    return parser
+    return train_parser(tiny, monkeypatch, **overrides)
 
 
 def _same(a: dict, b: dict) -> None:

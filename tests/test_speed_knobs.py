@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from bundle_runs import TRAIN, tiny_bundle
+from bundle_runs import tiny_training, train_parser
 
 from monai_emotion.engine.speed import amp_kwargs, place_network
 from monai_emotion.errors import ConfigError
@@ -20,21 +20,13 @@ from monai_emotion.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    bundle = tiny_bundle(tmp_path_factory.mktemp("speed_knobs"))
-    root = bundle["root"]
-    bundle["overrides"].update({"output_dir": str(root / "runs"), "ckpt_dir": str(root / "models")})
-    return bundle
+    return tiny_training(tmp_path_factory.mktemp("speed_knobs"))
 
 
 def _trainer(tiny: dict, monkeypatch: pytest.MonkeyPatch, **knobs: object):
-    from monai.bundle import ConfigParser
-
-    monkeypatch.setenv("MONAI_EMOTION_HOME", str(tiny["root"] / "home"))
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
     # one iteration, no validation or logging handlers: the step itself is what is compared
-    parser.update({**tiny["overrides"], "epochs": 1, "train#trainer#epoch_length": 1, "train#handlers": [],
-                   "device_frames": False, **knobs})
+    parser = train_parser(tiny, monkeypatch, epochs=1, device_frames=False, **{
+        "train#trainer#epoch_length": 1, "train#handlers": [], **knobs})
     torch.manual_seed(0)
     return parser.get_parsed_content("train#trainer")
 
