@@ -16,7 +16,7 @@ import fire
 
 from monai_emotion.data.cache.spec import PreprocessingSpec
 from monai_emotion.data.labels import DEFAULT_RULE
-from monai_emotion.errors import DEBUG_ENV, format_user_error
+from monai_emotion.errors import DEBUG_ENV, ConfigError, format_user_error
 from monai_emotion.runtime import install_clean_errors
 
 
@@ -197,17 +197,30 @@ def study(config: str, out: str | None = None, only: str | None = None, force: b
     study_cli(config, out=out, only=only, force=force)
 
 
-def report(results_dir: str) -> None:
+def report(results_dir: str, compare: str | list | tuple | None = None) -> None:
     """Rebuild report.md and report.html of a finished study from its summary.json (trains nothing).
 
     Parameters
     ----------
     results_dir: the study's output folder (its --out)
+    compare: "LABEL=FOLDER,LABEL=FOLDER": finished studies of the same world with and without
+        alignment (or with another temporal context); adds the seen/unseen comparison section
+        (docs/alignment.md), ratios to the first
     """
     from monai_emotion.study.report import rebuild_report
 
     start = time.perf_counter()
-    path = rebuild_report(results_dir)
+    sections = None
+    if compare:
+        from monai_emotion.study.alignment_report import alignment_section, load_variants
+
+        pairs = [p.rsplit("=", 1) for p in _as_list(compare) or []]
+        bad = [p for p in pairs if len(p) != 2 or not (Path(p[-1]) / "results.csv").is_file()]
+        if bad:
+            raise ConfigError(f"--compare entries {['='.join(p) for p in bad]} are not LABEL=FOLDER of a finished study",
+                              compare, fix='pass e.g. --compare "none=results/a,procrustes=results/b"')
+        sections = [alignment_section(load_variants(dict(pairs)), results_dir)]
+    path = rebuild_report(results_dir, sections)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
 
 

@@ -192,6 +192,7 @@ def test_study_section_and_aligned_linear_baseline(world, tmp_path, monkeypatch)
     the linear baseline of an unseen-subject model reads the aligned frames when given the aligner."""
     import pandas as pd
 
+    from monai_emotion import cli
     from monai_emotion.study.alignment import LinearAligner
     from monai_emotion.study.alignment_report import FIGURE, alignment_section, load_variants
     from monai_emotion.study.baseline import LinearBaseline
@@ -212,7 +213,9 @@ def test_study_section_and_aligned_linear_baseline(world, tmp_path, monkeypatch)
         "peers": {"decoders": []}, "alignment": PROCRUSTES}))
     out = tmp_path / "results"
     run_study(str(config), out=out, only="linear", log=lambda line: None)
-    section = alignment_section(load_variants({"none, k=1": out}), out)
+    section = alignment_section(load_variants({"procrustes k=1": out}), out)
+    cli.report(str(out), compare=f"procrustes k=1={out}")  # the section through the report command
+    assert section["title"] in (out / "report.md").read_text() and section["title"] in (out / "report.html").read_text()
     assert section["id"] == "alignment" and (out / FIGURE).is_file() and section["figures"][0]["path"] == FIGURE
     results = pd.read_csv(out / "results.csv")
     table = section["tables"][0]
@@ -225,7 +228,8 @@ def test_study_section_and_aligned_linear_baseline(world, tmp_path, monkeypatch)
 
     study = load_study(config)
     ctx = prepare_context(study, out, log=lambda line: None)
-    views = DataViews(ctx.experiment, aligner=LinearAligner(study.alignment, ctx.experiment))
+    assert isinstance(ctx.views.aligner, LinearAligner)  # the study aligns its linear models itself
+    views = ctx.views
     unseen, within = ctx.plan.of("unseen")[0], ctx.plan.of("within")[0]
     items, store = views.model_data(unseen)
     reference = alignment_overrides(study.alignment, unseen)["data#alignment"]["reference"]
@@ -233,6 +237,6 @@ def test_study_section_and_aligned_linear_baseline(world, tmp_path, monkeypatch)
     assert moved == set(unseen.subjects) - {reference} and store.paths[0] in {i["image"] for i in items}
     assert views.model_data(within)[1] is views.store(within.subjects)  # single-subject models: not aligned
     aligned = LinearBaseline(views, study.baseline, ctx.classes).fit_predict(unseen)["unseen_heldout"]
-    plain = LinearBaseline(ctx.views, study.baseline, ctx.classes).fit_predict(unseen)["unseen_heldout"]
+    plain = LinearBaseline(DataViews(ctx.experiment), study.baseline, ctx.classes).fit_predict(unseen)["unseen_heldout"]
     assert list(aligned["volume"]) == list(plain["volume"])  # the same test volumes ...
     assert (aligned["predicted_label"] != plain["predicted_label"]).any()  # ... decoded from the aligned frames

@@ -29,6 +29,12 @@ VARIANTS: dict[str, dict] = {
     "balanced+seed1": {"class_weights": "balanced", "seed": 1},  # seed-to-seed noise
     "balanced+augment+seed1": {"class_weights": "balanced", "augment": 0.5, "seed": 1},  # seed-to-seed noise
     "balanced+augment+fullres": {"class_weights": "balanced", "augment": 0.5, "data#preprocessing#downsample": 1},
+    "balanced+lr3e-4": {"class_weights": "balanced", "learning_rate": 3e-4},
+    "balanced+lr3e-4+seed1": {"class_weights": "balanced", "learning_rate": 3e-4, "seed": 1},
+    "balanced+smooth": {"class_weights": "balanced", "loss#label_smoothing": 0.1},
+    "balanced+smooth+seed1": {"class_weights": "balanced", "loss#label_smoothing": 0.1, "seed": 1},
+    "balanced+narrow": {"class_weights": "balanced", "network_def#channels": [8, 16, 32]},
+    "balanced+narrow+seed1": {"class_weights": "balanced", "network_def#channels": [8, 16, 32], "seed": 1},
     "balanced+cosine": {"class_weights": "balanced", "lr_schedule": "cosine"},
     "balanced+early": {"class_weights": "balanced", "early_stopping": 10},
     "gap": {"class_weights": "balanced", "network_def#head": "gap"},

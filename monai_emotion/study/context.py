@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_emotion.fileio import json_digest
+from monai_emotion.study.alignment import LinearAligner
 from monai_emotion.study.bundle import CNNRunner, base_overrides, bundle_experiment, captured
 from monai_emotion.study.config import Study
 from monai_emotion.study.features import DataViews, VolumeTable
@@ -130,6 +131,8 @@ def prepare_context(study: Study, root: Path, log: Callable[[str], None] = print
         study=study, root=root, dataset_dir=dataset_dir, annotations_dir=annotations_dir,
         synthetic_root=synthetic_root, base=base, experiment=experiment, classes=classes,
         plan=plan_study(experiment["train"], study, len(classes)), table=table,
-        views=DataViews(experiment, own_masks, context=study.training.temporal_context),
+        # cross/unseen linear models read the CNN's aligned frames when the study aligns
+        views=DataViews(experiment, own_masks, context=study.training.temporal_context,
+                        aligner=LinearAligner(study.alignment, experiment) if study.alignment.method != "none" else None),
         cnn=CNNRunner(study, root / "models" / "cnn", base), log=log,
     )

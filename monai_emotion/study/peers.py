@@ -78,8 +78,7 @@ class NilearnPeer:
         """The fitted decoder of ``spec``, the items of its test sets and the frames."""
         from threadpoolctl import threadpool_limits
 
-        items = self.views.table(spec.subjects).items(spec.lag, spec.permutation)
-        store = self.views.store(spec.subjects)
+        items, store = self.views.model_data(spec)  # aligned frames when the study aligns this model
         train, tests = model_items(items, spec)
         # leave one run out (a run number: for several subjects, that run of all of them)
         groups = np.array([int(i["run"]) for i in train], dtype=object)

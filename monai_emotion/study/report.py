@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_emotion.errors import MonaiEmotionError
-from monai_emotion.fileio import atomic_write_text, load_json
+from monai_emotion.fileio import atomic_write_json, atomic_write_text, load_json
 
 __all__ = ["write_report", "rebuild_report", "report_sections", "render_markdown", "section_from_markdown",
            "headline_table", "headline_markdown", "format_number", "format_p"]
@@ -361,13 +361,17 @@ def write_report(summary: dict[str, Any], root: Path) -> Path:
     return write_html(title, sections, root)
 
 
-def rebuild_report(root: str | Path) -> Path:
+def rebuild_report(root: str | Path, sections: list[dict[str, Any]] | None = None) -> Path:
     """Rewrite both reports of a finished study from its ``summary.json`` (nothing is trained).
 
     Parameters
     ----------
     root
         The study folder (the ``--out`` of ``python -m monai_emotion study``).
+    sections
+        Extra sections (the shape of :func:`section`), e.g. the seen/unseen alignment comparison
+        of :func:`monai_emotion.study.alignment_report.alignment_section`; each replaces a
+        stored section of the same ``id`` and is kept in ``summary.json`` for later rebuilds.
 
     Returns
     -------
@@ -383,4 +387,9 @@ def rebuild_report(root: str | Path) -> Path:
     if not (root / "summary.json").is_file():
         raise MonaiEmotionError("not a finished study: no summary.json", root,
                                 fix="pass the --out folder of a finished `python -m monai_emotion study` run")
-    return write_report(load_json(root / "summary.json"), root)
+    summary = load_json(root / "summary.json")
+    if sections:
+        new = {s["id"] for s in sections}
+        summary["sections"] = [s for s in summary.get("sections", []) if s.get("id") not in new] + list(sections)
+        atomic_write_json(root / "summary.json", summary)
+    return write_report(summary, root)

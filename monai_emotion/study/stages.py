@@ -87,6 +87,8 @@ class LinearStage:
                     "leaky": study.leaky.to_dict(), "splits": study.splits.to_dict()}
         if study.training.temporal_context != 1:  # the window mean of k volumes (k = 1 keeps older records valid)
             settings["temporal_context"] = study.training.temporal_context
+        if study.alignment.method != "none":  # aligned frames for cross/unseen models (none keeps records valid)
+            settings["alignment"] = study.alignment.to_dict()
         if settings_changed(models / "linear.json", settings, self.ctx.log, "linear"):
             for folder in (self.folder, models / "linear_av", models / "linear_ao"):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -187,6 +189,8 @@ class PeerStage:
         study = self.ctx.study
         settings = {"peers": self.settings.to_dict(), "data": {k: self.ctx.base.get(k) for k in LINEAR_DATA_KEYS},
                     "splits": study.splits.to_dict(), "leaky": study.leaky.to_dict()}
+        if study.alignment.method != "none":
+            settings["alignment"] = study.alignment.to_dict()
         for decoder in self.settings.decoders:
             if settings_changed(self.ctx.root / "models" / f"{decoder}.json", settings, self.ctx.log, decoder):
                 shutil.rmtree(self.folder(decoder), ignore_errors=True)
