@@ -229,6 +229,7 @@ def excepthook(
 
 _previous_hook = sys.excepthook
 _previous_factory = logging.getLogRecordFactory()
+_factory_installed = False
 
 
 def _log_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -245,10 +246,13 @@ def _log_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
 
 def install_excepthook() -> None:
     """Install :func:`excepthook` and the log-record factory once, chaining to what they replace."""
-    global _previous_hook, _previous_factory
+    global _previous_hook, _previous_factory, _factory_installed
     if sys.excepthook is not excepthook:
         _previous_hook = sys.excepthook
         sys.excepthook = excepthook
-    if logging.getLogRecordFactory() is not _log_record:
+    # once only: a library that wrapped ours since (Ray does) keeps it in its chain, and
+    # re-wrapping that wrapper would make the two factories call each other forever
+    if not _factory_installed:
         _previous_factory = logging.getLogRecordFactory()
         logging.setLogRecordFactory(_log_record)
+        _factory_installed = True
