@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from monai_emotion.errors import ConfigError, MonaiEmotionError
-from monai_emotion.fileio import json_digest
+from monai_emotion.fileio import atomic_write_text, json_digest
 from monai_emotion.study.context import StudyContext
 from monai_emotion.study.dimensions import DimensionStage
 from monai_emotion.study.permutation import LinearPermutations, read_null, stored_permutations
@@ -222,9 +222,7 @@ def _merge_permutations(ctx: StudyContext, seeds: Sequence[int]) -> None:
     stored = read_null(path)
     new = [read_null(_parts(ctx.root) / f"{seed}.csv") for seed in sorted(seeds)]
     merged = pd.concat([stored[~stored["permutation"].isin(seeds)], *new], ignore_index=True)
-    tmp = path.with_suffix(".tmp")
-    merged.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # one rename: the table holds every merged seed or none of them
+    atomic_write_text(path, merged.to_csv(index=False))  # the table holds every merged seed or none
     for seed in seeds:
         (_parts(ctx.root) / f"{seed}.csv").unlink(missing_ok=True)
 

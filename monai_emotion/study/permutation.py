@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from monai_emotion.fileio import atomic_write_text
 from monai_emotion.study.baseline import LinearBaseline
 from monai_emotion.study.plan import ModelSpec
 from monai_emotion.study.scoring import unit_scores
@@ -137,9 +138,7 @@ class LinearPermutations:
             null = read_null(self.path)
             keep = null[~null["permutation"].isin(todo)]
             if len(keep) != len(null):
-                tmp = self.path.with_suffix(".tmp")
-                keep.to_csv(tmp, index=False)
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, keep.to_csv(index=False))
         start = time.perf_counter()
         for n, seed in enumerate(todo, start=1):
             frames = []

@@ -74,8 +74,6 @@ def _why(r: dict[str, Any], alpha: float) -> str:
     return f"untested ({n} permutations: the p-value cannot go below 1/{n + 1}; >= 19 are needed for {alpha})"
 
 
-
-
 def headline_table(rows: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any]:
     """The headline table: balanced accuracy per protocol and decoder with chance tests and verdicts."""
     cells = []
@@ -138,8 +136,6 @@ def _oracle_text(oracle: dict[str, Any] | None) -> list[str]:
     lines.append(f"- planted: strength {oracle['class_strength']}, share common to all subjects "
                  f"{oracle['class_shared']}")
     return [*lines, ""]
-
-
 
 
 def section_from_markdown(id: str, lines: list[str]) -> dict[str, Any] | None:
